@@ -1,0 +1,282 @@
+"""gemma.py against transformers' GemmaForCausalLM on random checkpoints. Run: python -m pytest -q tests/test_gemma.py"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from gemma import Gemma, GemmaConfig, Tokenizer, pad
+from hf_reference import CONFIGS, hf_positions, random_hf_gemma
+
+LOGIT_TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def checkpoint(request, tmp_path_factory):
+    """(shape name, transformers model, folder it was saved to with save_pretrained)."""
+    hf = random_hf_gemma(request.param)
+    path = str(tmp_path_factory.mktemp(request.param))
+    hf.save_pretrained(path, safe_serialization=True)
+    return request.param, hf, path
+
+
+def padded_batch(vocab_size, lengths, side, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = [[2] + torch.randint(3, vocab_size, (n - 1,), generator=g).tolist() for n in lengths]
+    return rows, *pad(rows, 0, side)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_logits_match_transformers(checkpoint, side):
+    name, hf, path = checkpoint
+    ours = Gemma.from_pretrained(path)
+    rows, ids, mask = padded_batch(hf.config.vocab_size, [17, 9, 1, 12], side)
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask), output_hidden_states=True)
+        hidden = ours(ids, mask)
+        logits = ours.logits(hidden)
+    assert logits.abs()[real].mean() > 0.3, "activations should be O(1), or the comparison proves little"
+    diff = (logits - ref.logits)[real].abs().max().item()
+    print(f"{name} {side} padding: max |logit diff| = {diff:.2e}")
+    assert diff <= LOGIT_TOL
+    assert (hidden - ref.hidden_states[-1])[real].abs().max() <= LOGIT_TOL  # the final-norm embedding DIAL uses
+    assert torch.isfinite(hidden).all(), "pad positions must stay finite"
+    for i, r in enumerate(rows):  # each padded row equals the same tokens run alone
+        with torch.no_grad():
+            alone = ours.logits(ours(torch.tensor([r])))[0]
+        assert (logits[i][real[i]] - alone).abs().max() <= 1e-5
+
+
+def test_bf16_embedding_scale_is_rounded_like_the_reference(tmp_path):
+    # sqrt(3072) = 55.4256 is 55.5 in bf16; the checkpoint was trained with the rounded value
+    hf = random_hf_gemma("mha", hidden_size=3072, intermediate_size=8, num_hidden_layers=1).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    ours = Gemma.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
+    seen = []
+    ours.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    ids = torch.arange(2, 40)[None]
+    with torch.no_grad():
+        ours(ids)
+        ref = hf(input_ids=ids, output_hidden_states=True).hidden_states[0]  # the scaled embedding
+    assert torch.equal(seen[0], ref)
+    assert not torch.equal(seen[0], ours.embed_tokens(ids) * 3072 ** 0.5), "the unrounded scale should differ"
+
+
+def test_gradients_match_transformers(checkpoint):
+    name, hf, path = checkpoint
+    ours = Gemma.from_pretrained(path)
+    _, ids, mask = padded_batch(hf.config.vocab_size, [11, 6, 14], "right", seed=1)
+    probe = torch.randn(*ids.shape, hf.config.vocab_size) * mask[..., None]  # a loss over real positions only
+    (ours.logits(ours(ids, mask)) * probe).sum().backward()
+    (hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits * probe).sum().backward()
+    theirs = dict(hf.named_parameters())
+    for key, p in ours.named_parameters():
+        ref = theirs["model." + key].grad
+        assert (p.grad - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item()), key
+
+
+def test_config_from_json_matches_transformers(checkpoint):
+    _, hf, path = checkpoint
+    cfg = GemmaConfig.from_json(os.path.join(path, "config.json"))
+    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta"):
+        assert getattr(cfg, field) == getattr(hf.config, field), field
+
+
+def test_sharded_checkpoint_loads_the_same_tensors(checkpoint, tmp_path):
+    _, hf, path = checkpoint
+    hf.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="100KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    assert len([f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]) > 2
+    single, sharded = Gemma.from_pretrained(path).state_dict(), Gemma.from_pretrained(str(tmp_path)).state_dict()
+    assert single.keys() == sharded.keys()
+    assert all(torch.equal(single[k], sharded[k]) for k in single)
+
+
+def test_bf16_checkpoint_loads_exactly(tmp_path):
+    hf = random_hf_gemma("gqa").to(torch.bfloat16)
+    hf.save_pretrained(tmp_path, safe_serialization=True)
+    reference = {k[len("model."):]: v for k, v in hf.state_dict().items() if k.startswith("model.")}
+    for dtype in (torch.bfloat16, torch.float32):  # as stored, and upcast (exact) on the way in
+        model = Gemma.from_pretrained(str(tmp_path), dtype=dtype)
+        for k, v in model.state_dict().items():
+            assert v.dtype == dtype and torch.equal(v, reference[k].to(dtype)), k
+
+
+def test_preset_parameter_counts():
+    import transformers
+    for preset, expected in ((GemmaConfig.gemma_2b, 2_506_172_416), (GemmaConfig.gemma_7b, 8_537_680_896)):
+        with torch.device("meta"):
+            model = Gemma(preset())
+            # transformers' defaults are gemma-7b's; build the reference from our preset's numbers
+            ref = transformers.GemmaModel(transformers.GemmaConfig(**vars(preset())))
+        assert sum(p.numel() for p in model.parameters()) == expected
+        assert sum(p.numel() for p in ref.parameters()) == expected
+
+
+# -----------------------------------------------------------------------------
+# bad checkpoints: each refused with a message that names the problem
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    random_hf_gemma("gqa", num_hidden_layers=2).save_pretrained(tmp_path / "ok", safe_serialization=True)
+    return tmp_path / "ok"
+
+
+def rewrite(path, edit):
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_refuses_missing_config(small_checkpoint):
+    os.remove(small_checkpoint / "config.json")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder"):
+        Gemma.from_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_refuses_other_architectures(small_checkpoint):
+    cfg = json.loads((small_checkpoint / "config.json").read_text())
+    (small_checkpoint / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma2"}))
+    with pytest.raises(ValueError, match="'gemma2' model"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_missing_key(small_checkpoint):
+    rewrite(small_checkpoint / "model.safetensors", lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(ValueError, match=r"lacks 1 tensor.*'model\.layers\.1\.mlp\.up_proj\.weight'"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_unexpected_key(small_checkpoint):
+    rewrite(small_checkpoint / "model.safetensors",
+            lambda t: t.update({"model.layers.0.self_attn.q_norm.weight": torch.zeros(24)}))
+    with pytest.raises(ValueError, match=r"does not use.*'model\.layers\.0\.self_attn\.q_norm\.weight'"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_misshaped_key(small_checkpoint):
+    rewrite(small_checkpoint / "model.safetensors", lambda t: t.update({"model.norm.weight": torch.zeros(65)}))
+    with pytest.raises(ValueError, match=r"'model\.norm\.weight'.*shape \(65,\).*implies \(64,\)"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_truncated_shard(small_checkpoint):
+    path = small_checkpoint / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"model\.safetensors is truncated"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_unreadable_shard(small_checkpoint):
+    (small_checkpoint / "model.safetensors").write_bytes(b"<html>404 Not Found</html>" * 10)
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_index_naming_a_missing_shard(small_checkpoint, tmp_path):
+    hf_dir = tmp_path / "sharded"
+    random_hf_gemma("gqa", num_hidden_layers=2).save_pretrained(hf_dir, safe_serialization=True, max_shard_size="50KB")
+    shard = json.loads((hf_dir / "model.safetensors.index.json").read_text())["weight_map"]["model.norm.weight"]
+    os.remove(hf_dir / shard)
+    with pytest.raises(FileNotFoundError, match=f"lists shard {shard}, which is not in"):
+        Gemma.from_pretrained(str(hf_dir))
+
+
+def test_refuses_a_key_stored_twice(small_checkpoint):
+    save_file({"model.norm.weight": torch.zeros(64)}, small_checkpoint / "extra.safetensors")
+    with pytest.raises(ValueError, match=r"'model\.norm\.weight' is stored twice"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+def test_refuses_folder_without_weights(small_checkpoint):
+    os.remove(small_checkpoint / "model.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors file in .*config\.json"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+# -----------------------------------------------------------------------------
+# loading memory, measured in a fresh process
+
+
+def test_loading_a_bf16_checkpoint_needs_no_second_copy(tmp_path):
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, "load_memory.py"), "--layers", "6", "--json"],
+                         capture_output=True, text=True, check=True, env={**os.environ, "TMPDIR": str(tmp_path)})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["file_bytes"] > 50e6
+    assert result["peak_rss_increase_bytes"] <= 1.2 * result["file_bytes"], result
+
+
+# -----------------------------------------------------------------------------
+# tokenizer: the same ids as transformers' Gemma tokenizers on a Gemma-style SentencePiece model
+
+TEXTS = [
+    "Hello world! Is it legal to break my lease early?",
+    "def f(x):\n\treturn x ** 2  # square\n\n\n    if   x:  pass",
+    "법률 상담이 필요합니다. 집주인이 보증금을 돌려주지 않아요.",
+    "สวัสดีครับ ผมมีคำถามเกี่ยวกับกฎหมาย",
+    "为什么天空是蓝色的？请像我五岁一样解释。",
+    "emoji 🙂🚀👍🏽 and ZWJ 👩‍👩‍👧 sequences",
+    "numbers 1234567 and 3.14159, tabs\tand  double  spaces   end  ",
+    "unseen characters ☃ ∮ ᚠ 𓂀 fall back to bytes",
+    "",
+    " leading space and trailing newline\n",
+]
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    import sentencepiece as spm
+    corpus = [t for t in TEXTS if t] * 20 + [f"line {i}: the quick brown fox jumps over {i % 7} lazy dogs" for i in range(300)]
+    prefix = str(tmp_path_factory.mktemp("tok") / "tokenizer")
+    spm.SentencePieceTrainer.train(  # Gemma's settings: byte fallback, split digits, no normalisation, no dummy prefix
+        sentence_iterator=iter(corpus), model_prefix=prefix, model_type="bpe", vocab_size=400, hard_vocab_limit=False,
+        byte_fallback=True, split_digits=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, character_coverage=0.9995,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", minloglevel=2)
+    return prefix + ".model"
+
+
+def test_tokenizer_matches_transformers(sp_model):
+    import transformers
+    ours = Tokenizer(sp_model)
+    assert (ours.pad_id, ours.eos_id, ours.bos_id) == (0, 1, 2)
+    for ref in (transformers.GemmaTokenizerFast(vocab_file=sp_model), transformers.GemmaTokenizer(vocab_file=sp_model)):
+        assert ours.vocab_size == len(ref) and ref.bos_token_id == ours.bos_id
+        for text in TEXTS:
+            assert ours.encode(text) == ref(text)["input_ids"], (type(ref).__name__, text)
+            assert ours.encode(text, bos=False) == ref(text, add_special_tokens=False)["input_ids"]
+    for text in TEXTS:
+        assert ours.decode(ours.encode(text)) == text
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("truncation_side", ["right", "left"])
+def test_tokenizer_batch_matches_transformers(sp_model, padding_side, truncation_side):
+    import transformers
+    ours = Tokenizer(sp_model)
+    ref = transformers.GemmaTokenizerFast(vocab_file=sp_model, padding_side=padding_side, truncation_side=truncation_side)
+    ids, mask = ours.batch(TEXTS, max_len=12, padding_side=padding_side, truncation_side=truncation_side)
+    expected = ref(TEXTS, max_length=12, truncation=True, padding=True, return_tensors="pt")
+    assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+
+
+def test_tokenizer_refuses_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.model does not exist"):
+        Tokenizer(str(tmp_path / "tokenizer.model"))
+    (tmp_path / "bad.model").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="bad.model is not a SentencePiece model"):
+        Tokenizer(str(tmp_path / "bad.model"))
