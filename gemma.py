@@ -176,22 +176,30 @@ class Gemma(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, input_ids, attention_mask=None):
-        """input_ids (B, T), attention_mask (B, T) with 1 = real token, 0 = pad, padding on either side.
-        Returns the final-norm hidden states (B, T, D); at pad positions they are finite but meaningless."""
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        """input_ids (B, T) -> final-norm hidden states (B, T, D). attention_mask is one of
+        - None: every token is real (causal attention, positions 0..T-1);
+        - (B, T), 1 = real token, 0 = pad, padding on either side: positions count real tokens only, so that both
+          padding sides give the unpadded result on real tokens; at pad positions the output is finite but meaningless;
+        - (B, T, T) boolean, query i may attend key j: for several sequences packed in one row (e.g. a prompt followed
+          by two responses that each see the prompt but not each other); position_ids (B, T) must then be given."""
         B, T = input_ids.shape
+        device = input_ids.device
         h = self.embed_tokens(input_ids)  # (B, T, D)
         h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)  # sqrt(D) rounded to the act dtype
+        diag = torch.eye(T, dtype=torch.bool, device=device)  # every token sees itself: no empty row (NaN) for pads
         if attention_mask is None:
-            pos, mask = torch.arange(T, device=input_ids.device).expand(B, T), None  # None: SDPA's causal fast path
-        else:
+            pos, mask = torch.arange(T, device=device).expand(B, T), None  # None: SDPA's causal fast path
+        elif attention_mask.dim() == 2:
             real = attention_mask.bool()  # (B, T)
-            # positions count real tokens only, so right and left padding give the unpadded result on real tokens
             pos = (real.long().cumsum(-1) - 1).clamp(min=0)
-            causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
-            diag = torch.eye(T, dtype=torch.bool, device=input_ids.device)
-            # a query sees earlier real keys; each token also sees itself, so a left pad's row is never empty (NaN)
-            mask = (causal & (real[:, None, :] | diag))[:, None]  # (B, 1, T, T)
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            mask = (causal & (real[:, None, :] | diag))[:, None]  # (B, 1, T, T): earlier real keys
+        else:
+            assert position_ids is not None, "a (B, T, T) attention mask needs explicit position_ids"
+            mask = (attention_mask.bool() | diag)[:, None]  # (B, 1, T, T)
+        if position_ids is not None:
+            pos = position_ids
         cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, h.dtype)
         for layer in self.layers:
             h = layer(h, cos, sin, mask)

@@ -67,6 +67,26 @@ def test_bf16_embedding_scale_is_rounded_like_the_reference(tmp_path):
     assert not torch.equal(seen[0], ours.embed_tokens(ids) * 3072 ** 0.5), "the unrounded scale should differ"
 
 
+def test_packed_sequences_equal_separate_runs(checkpoint):
+    # one row = a prompt followed by two responses that each see the prompt and themselves, never each other, with
+    # each response's positions continuing from the prompt: the packing that lets a preference pair share its prompt
+    _, hf, path = checkpoint
+    ours = Gemma.from_pretrained(path)
+    prompt, first, second = [2, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34]
+    ids = torch.tensor([prompt + first + second + [0, 0]])  # two pads at the end
+    part = torch.tensor([0] * 6 + [1] * 3 + [2] * 5 + [-1] * 2)  # 0 prompt, 1 and 2 responses, -1 pad
+    pos = torch.tensor([list(range(6)) + list(range(6, 9)) + list(range(6, 11)) + [0, 0]])
+    causal = torch.ones(16, 16, dtype=torch.bool).tril()
+    mask = causal & (part[None, :] == 0) & (part[:, None] >= 0) | causal & (part[:, None] == part[None, :])
+    with torch.no_grad():
+        packed = ours(ids, mask[None], pos)[0]
+        a = ours(torch.tensor([prompt + first]))[0]
+        b = ours(torch.tensor([prompt + second]))[0]
+    assert (packed[:9] - a).abs().max() <= 1e-5
+    assert (packed[9:14] - b[6:]).abs().max() <= 1e-5
+    assert torch.isfinite(packed).all()
+
+
 def test_gradients_match_transformers(checkpoint):
     name, hf, path = checkpoint
     ours = Gemma.from_pretrained(path)
