@@ -252,6 +252,19 @@ class Gemma(nn.Module):
         print(f"loaded {path}: {n:,} parameters, {dtype}, {device}")
         return model
 
+    def save_pretrained(self, path):
+        """Writes config.json and model.safetensors in the Hugging Face layout (from_pretrained and transformers'
+        GemmaForCausalLM both load it): how the tiny models of the offline demo are kept."""
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        config = {"model_type": "gemma", "architectures": ["GemmaForCausalLM"], "hidden_act": "gelu_pytorch_tanh",
+                  "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True, **vars(self.config)}
+        tensors = {"model." + k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, os.path.join(path, "model.safetensors.tmp"), metadata={"format": "pt"})
+        os.replace(os.path.join(path, "model.safetensors.tmp"), os.path.join(path, "model.safetensors"))
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+
 
 # -----------------------------------------------------------------------------
 # safetensors reading: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}},

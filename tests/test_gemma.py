@@ -118,6 +118,18 @@ def test_sharded_checkpoint_loads_the_same_tensors(checkpoint, tmp_path):
     assert all(torch.equal(single[k], sharded[k]) for k in single)
 
 
+def test_save_pretrained_loads_in_transformers(tmp_path):
+    import transformers
+    ours = Gemma(GemmaConfig.tiny())
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.GemmaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    ids = torch.randint(3, 4096, (2, 20))
+    with torch.no_grad():
+        assert (ours.logits(ours(ids)) - theirs(input_ids=ids).logits).abs().max() <= LOGIT_TOL
+    again = Gemma.from_pretrained(str(tmp_path)).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in ours.state_dict().items())
+
+
 def test_bf16_checkpoint_loads_exactly(tmp_path):
     hf = random_hf_gemma("gqa").to(torch.bfloat16)
     hf.save_pretrained(tmp_path, safe_serialization=True)
