@@ -4,7 +4,17 @@ Evaluation: the paper's metrics in numpy (numpy arrays in, floats out).
 Where we differ from the authors' code: a tie between chosen and rejected rewards counts half, not as correct (their
 argmax picks the first of equal scores, so identical truncated pairs, which always tie in bf16, counted as wins).
 """
+import json
+import os
+import sys
+
 import numpy as np
+import torch
+
+import data
+import dial
+from gemma import Gemma, Tokenizer
+from lora import load_adapter
 
 
 def pairwise_accuracy(r_chosen, r_rejected):
@@ -49,3 +59,107 @@ def ranks(x):
 
 def spearman(x, y):
     return pearson(ranks(x), ranks(y))
+
+
+# -----------------------------------------------------------------------------
+# evaluating a reward model
+
+
+@torch.no_grad()
+def rewards(model, examples, batch_size=16, device="cpu", pad_id=0):
+    """The reward of every response of every tokenised example, in order: (sum of responses,) numpy float64."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(examples), batch_size):
+        inputs = {k: v.to(device) for k, v in data.pack(examples[i:i + batch_size], pad_id).items()}
+        out.append(model.reward(model(inputs)[0]).double().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def evaluate(model, rows, examples, metric, batch_size=16, device="cpu", pad_id=0):
+    """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
+    {"pearson", "spearman"} between reward and score for scored texts."""
+    r = rewards(model, examples, batch_size, device, pad_id)
+    if metric == "pairwise":
+        r = r.reshape(-1, 2)  # chosen, rejected
+        return {"acc": pairwise_accuracy(r[:, 0], r[:, 1])}
+    if metric == "mcq":
+        r = r.reshape(len(examples), -1)  # correct, then the wrong answers
+        return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:])}
+    labels = [row["label"] for row in rows]
+    return {"pearson": pearson(r, labels), "spearman": spearman(r, labels)}
+
+
+def load_reward_model(run_dir, device="cpu"):
+    """A trained run's reward model (base model + its best adapter, reward head and critic) and tokenizer."""
+    from safetensors.torch import load_file
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise FileNotFoundError(f"{run_dir} is not a run folder of train.py (it has no config.json)")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = json.load(f)
+    folder = os.path.join(run_dir, "base") if cfg["model"] == "tiny" else cfg["model"]
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    gemma = Gemma.from_pretrained(folder, dtype=dtype, device=device)
+    model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
+    model.head.to(device), model.critic.to(device)
+    load_adapter(gemma, os.path.join(run_dir, "adapter"), modules_to_save={"score": model.head})
+    model.critic.load_state_dict(load_file(os.path.join(run_dir, "adapter", "critic.safetensors")))
+    return model, Tokenizer(os.path.join(folder, "tokenizer.model")), cfg
+
+
+# -----------------------------------------------------------------------------
+# the command line: re-evaluate a run, or tabulate many
+
+
+def table(runs_dir):
+    """Markdown table of the test metric, task x method, mean +- standard error over seeds (the paper's layout)."""
+    results = {}  # (task, method) -> [test metric per seed]
+    for here, _, files in sorted(os.walk(runs_dir)):
+        if "summary.json" in files:
+            with open(os.path.join(here, "summary.json")) as f:
+                s = json.load(f)
+            results.setdefault((s["task"], s["method"]), []).append(s["test"][s["metric"]])
+    if not results:
+        raise FileNotFoundError(f"no summary.json below {runs_dir}: no finished run to tabulate")
+    tasks = sorted({t for t, _ in results})
+    methods = [m for m in dial.METHODS if any((t, m) in results for t in tasks)]
+    lines = ["| task | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for t in tasks:
+        cells = []
+        for m in methods:
+            x = np.array(results.get((t, m), []))
+            se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
+            cells.append("" if not len(x) else f"{x.mean():.3f}" + (f" +- {se:.3f}" if len(x) > 1 else "") + f" ({len(x)})")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(description="Re-evaluate a trained run, or tabulate finished runs.")
+    p.add_argument("run", nargs="?", help="a run folder written by train.py")
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    try:
+        if args.table:
+            print(table(args.table))
+            return
+        if not args.run:
+            p.error("give a run folder, or --table RUNS_DIR")
+        model, tok, cfg = load_reward_model(args.run, args.device)
+        task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], cfg["data_seed"])
+        rows = task[args.split][:cfg["eval_rows"]]
+        examples = data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])
+        metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device, max(tok.pad_id, 0))
+        print(json.dumps({"run": args.run, "split": args.split, **metrics}))
+        return metrics
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

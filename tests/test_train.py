@@ -1,0 +1,129 @@
+"""train.py and eval.py end to end on tiny models, offline. Run: python -m pytest -q tests/test_train.py"""
+import json
+import os
+
+import pytest
+import torch
+
+import dial
+import eval as evaluation
+import train
+
+FAST = ["--max-steps", "3", "--eval-rows", "24", "--eval-batch", "8", "--lora-r", "8", "--lora-alpha", "8"]
+
+
+def run(tmp_path, name, *argv):
+    return train.main(["--out", str(tmp_path / name), *FAST, *argv])
+
+
+@pytest.fixture(scope="module")
+def custom_files(tmp_path_factory):
+    """An essays-like custom task: source pairs, unlabelled target texts, scored evaluation texts."""
+    d = tmp_path_factory.mktemp("custom")
+    words = "good fine clear strong weak poor vague thin".split()
+    src = [{"prompt": f"argument {i}", "response_chosen": f"{words[i % 4]} point {i}",
+            "response_rejected": f"{words[4 + i % 4]} point {i}"} for i in range(24)]
+    tgt = [{"text": f"essay {i}: " + " ".join(words[j % 8] for j in range(i, i + 12)), "label": 1 + i % 3}
+           for i in range(20)]  # labels for the oracles only
+    scored = [{"text": f"essay {i}: " + " ".join(words[j % 8] for j in range(i, i + 12)), "label": 1 + i % 6}
+              for i in range(30)]
+    for name, rows in (("src.jsonl", src), ("tgt.jsonl", tgt)):
+        (d / name).write_text("\n".join(json.dumps(r) for r in rows))
+    (d / "eval.json").write_text(json.dumps(scored))
+    return [f"--source={d / 'src.jsonl'}", f"--target={d / 'tgt.jsonl'}", f"--eval={d / 'eval.json'}"]
+
+
+@pytest.mark.parametrize("method", dial.METHODS)
+def test_every_method_trains_on_odd_one_out(tmp_path, method):
+    summary = run(tmp_path, method, "--task", "oddoneout-desserts-fruits", "--method", method, "--batch-src", "4",
+                  "--batch-tgt", "4")
+    out = tmp_path / method
+    assert summary["steps"] == 3 and 0 <= summary["test"]["acc"] <= 1 and 0 <= summary["test"]["rank"] <= 4
+    assert json.loads((out / "summary.json").read_text()) == summary
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in logs if r["split"] == "train"]
+    assert len(train_logs) == 3 and all({"loss", "bt", "acc"} <= set(r) for r in train_logs)
+    assert ("w" in train_logs[0]) == (method == "dial") and ("lm" in train_logs[0]) == (method in dial.LM_METHODS)
+    for f in ("config.json", "state.pt", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+              "adapter/critic.safetensors", "base/model.safetensors", "base/tokenizer.model"):
+        assert (out / f).exists(), f
+
+
+@pytest.mark.parametrize("method", ["dial", "tgt-pref"])
+def test_scored_texts_custom_task(tmp_path, custom_files, method):
+    summary = run(tmp_path, method, "--task", "custom", "--method", method, "--model", "tiny", *custom_files)
+    assert summary["metric"] == "pearson" and -1 <= summary["test"]["spearman"] <= 1
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = ["--task", "oddoneout-fruits-sauces", "--eval-every", "2", "--eval-rows", "16", "--lora-r", "4",
+              "--lora-alpha", "4", "--seed", "3"]
+    full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "6", *common])
+    train.main(["--out", str(tmp_path / "half"), "--max-steps", "3", *common])
+    resumed = train.main(["--out", str(tmp_path / "half"), "--max-steps", "6", "--resume", *common])
+    a, b = (torch.load(tmp_path / r / "state.pt", weights_only=False) for r in ("full", "half"))
+    assert a["step"] == b["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # LoRA, head and critic
+    assert a["opt"]["state"].keys() == b["opt"]["state"].keys()
+    assert all(torch.equal(a["opt"]["state"][k]["exp_avg"], b["opt"]["state"][k]["exp_avg"]) for k in a["opt"]["state"])
+    assert full["test"] == resumed["test"] and full["val"] == resumed["val"]
+    logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "half")]
+    half = [r for r in logs[1] if (r["step"], r["split"]) != (3, "val")]  # it also evaluated where it stopped
+    assert logs[0] == half
+
+
+def test_killed_save_leaves_the_previous_state(tmp_path, monkeypatch):
+    common = ["--task", "oddoneout-snacks-fruits"]
+    run(tmp_path, "run", *common, "--max-steps", "2")
+
+    def killed(obj, path):  # the process dies half-way through writing the checkpoint
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path, "run", *common, "--max-steps", "4", "--resume")
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] == 2
+    assert run(tmp_path, "run", *common, "--max-steps", "4", "--resume")["steps"] == 4
+
+
+def test_bad_input_gets_one_sentence(tmp_path, custom_files):
+    with pytest.raises(SystemExit, match="unknown task 'oddoneout-desert-fruits'; did you mean"):
+        train.main(["--task", "oddoneout-desert-fruits"])
+    with pytest.raises(SystemExit, match="checkpoints/nowhere not found: download Gemma-2b with `hf download"):
+        train.main(["--task", "oddoneout-fruits-sauces", "--model", "checkpoints/nowhere", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        run(tmp_path, "none", "--task", "oddoneout-fruits-sauces", "--resume")
+    (tmp_path / "unlabelled.jsonl").write_text('{"text": "an essay"}\n{"text": "another essay"}\n')
+    files = [f for f in custom_files if not f.startswith("--target")] + [f"--target={tmp_path / 'unlabelled.jsonl'}"]
+    with pytest.raises(SystemExit, match=r"unlabelled.jsonl, row 1: field 'label' is missing; the oracle methods"):
+        run(tmp_path, "oracle", "--task", "custom", "--method", "tgt-pref", "--model", "tiny", *files)
+    run(tmp_path, "once", "--task", "oddoneout-fruits-sauces", "--max-steps", "1")
+    with pytest.raises(SystemExit, match="already holds a run: pass --resume"):
+        run(tmp_path, "once", "--task", "oddoneout-fruits-sauces")
+
+
+def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
+    real = dial.train_step
+    monkeypatch.setattr(dial, "train_step", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
+    with pytest.raises(SystemExit, match="the loss became nan at step 1"):
+        run(tmp_path, "nan", "--task", "oddoneout-fruits-sauces")
+
+
+def test_eval_reevaluates_and_tabulates(tmp_path, capsys):
+    for seed in ("0", "1"):
+        for method in ("src-pref", "dial"):
+            run(tmp_path, f"runs/t/{method}/seed{seed}", "--task", "oddoneout-vegetables-snacks", "--method", method,
+                "--seed", seed, "--max-steps", "1")
+    summary = json.loads((tmp_path / "runs/t/dial/seed1/summary.json").read_text())
+    again = evaluation.main([str(tmp_path / "runs/t/dial/seed1")])
+    assert again == pytest.approx(summary["test"])  # the best checkpoint, reloaded from the PEFT adapter
+    capsys.readouterr()
+    evaluation.main(["--table", str(tmp_path / "runs")])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| task | src-pref | dial |" and table[2].startswith("| oddoneout-vegetables-snacks | ")
+    assert table[2].count("+-") == 2 and table[2].count("(2)") == 2
+    with pytest.raises(SystemExit, match="no summary.json below"):
+        evaluation.main(["--table", str(tmp_path / "nothing")])
