@@ -534,79 +534,71 @@ def tokenize(rows, tok, max_len=1024, separator=SEPARATOR):
     return examples
 
 
-def pack(examples, pad_id=0, lm=None):
-    """Packs examples into rows of a batch, several per row where they fit (first fit, longest first; the row length
-    is the longest example's), and returns the backbone's inputs:
-      ids, pos (B, T); mask (B, T, T) boolean, query i may attend key j; last (N,) the flat index into B * T of the
-      last token of every response, example by example, responses in order (= the rows of the embeddings);
-      with lm: lm_index (M,) the flat index of the token that predicts each target token, lm_target (M,) its id.
+def pack(examples, lm=None):
+    """Lays the examples end to end in one stream of tokens, no padding, and returns the backbone's inputs:
+      ids, pos (N,); blocks: per example (start, (L, L) boolean mask: query i may attend key j), its prompt then its
+      responses, each response seeing the prompt and itself; last (n,): the index of the last token of every
+      response, example by example, responses in order (= the rows of the embeddings); with lm: lm_index (M,) the
+      index of the token that predicts each target token, lm_target (M,) its id.
     lm: per example, None or (response indices, with_prompt): which sequences' tokens the next-token loss predicts,
     and whether the prompt's own tokens count (once per listed response, as separate sequences would count them)."""
-    lengths = [len(p) + sum(len(r) for r in rs) for p, rs in examples]
-    T = max(lengths)
-    rows, fill = [], []  # example indices of each row, tokens used
-    for e in sorted(range(len(examples)), key=lambda e: -lengths[e]):
-        b = next((b for b in range(len(rows)) if fill[b] + lengths[e] <= T), len(rows))
-        if b == len(rows):
-            rows.append([]), fill.append(0)
-        rows[b].append(e)
-        fill[b] += lengths[e]
-    ids, pos = torch.full((len(rows), T), pad_id), torch.zeros(len(rows), T, dtype=torch.long)
-    seg, part = torch.full((len(rows), T), -1), torch.full((len(rows), T), -1)  # example, 0 prompt / k+1 response k
-    starts = {}  # example -> (flat index of its prompt, [flat index of each response])
-    for b, es in enumerate(rows):
-        t = 0
-        for e in es:
-            p, rs = examples[e]
-            starts[e] = (b * T + t, [])
-            for k, x in enumerate([p] + rs):
-                ids[b, t:t + len(x)] = torch.tensor(x)
-                pos[b, t:t + len(x)] = torch.arange(len(x)) + (len(p) if k else 0)
-                seg[b, t:t + len(x)], part[b, t:t + len(x)] = e, k
-                if k:
-                    starts[e][1].append(b * T + t)
-                t += len(x)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
-    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)  # keys of the query's own example
-    mask = causal & same & ((part[:, None, :] == 0) | (part[:, None, :] == part[:, :, None]))  # its prompt, itself
-    last = [s + len(r) - 1 for e, (p, rs) in enumerate(examples) for s, r in zip(starts[e][1], rs)]
-    inputs = dict(ids=ids, pos=pos, mask=mask, last=torch.tensor(last))
+    ids, pos, blocks, last, index, target = [], [], [], [], [], []
+    for e, (p, rs) in enumerate(examples):
+        p0 = len(ids)
+        part = torch.tensor([0] * len(p) + [k + 1 for k, r in enumerate(rs) for _ in r])  # 0 prompt, k + 1 response k
+        mask = torch.ones(len(part), len(part), dtype=torch.bool).tril() & \
+            ((part[None, :] == 0) | (part[None, :] == part[:, None]))  # earlier keys of the prompt or of itself
+        blocks.append((p0, mask))
+        ids += p
+        pos += range(len(p))
+        starts = []
+        for r in rs:
+            starts.append(len(ids))
+            ids += r
+            pos += range(len(p), len(p) + len(r))  # every response continues from the prompt
+            last.append(len(ids) - 1)
+        for k in (lm[e][0] if lm is not None and lm[e] is not None else ()):
+            if lm[e][1]:  # prompt token i is predicted by token i - 1
+                index += range(p0, p0 + len(p) - 1)
+                target += p[1:]
+            # the first response token is predicted by the prompt's last token, the others by their predecessor
+            index += [p0 + len(p) - 1] + list(range(starts[k], starts[k] + len(rs[k]) - 1))
+            target += rs[k]
+    inputs = dict(ids=torch.tensor(ids), pos=torch.tensor(pos), blocks=blocks, last=torch.tensor(last))
     if lm is not None:
-        index, target = [], []
-        for e, flag in enumerate(lm):
-            if flag is None:
-                continue
-            (p, rs), (p0, r0s) = examples[e], starts[e]
-            for k in flag[0]:
-                if flag[1]:  # prompt token i is predicted by token i - 1
-                    index += range(p0, p0 + len(p) - 1)
-                    target += p[1:]
-                # the first response token is predicted by the prompt's last token, the others by their predecessor
-                index += [p0 + len(p) - 1] + list(range(r0s[k], r0s[k] + len(rs[k]) - 1))
-                target += rs[k]
-        inputs.update(lm_index=torch.tensor(index), lm_target=torch.tensor(target))
+        inputs.update(lm_index=torch.tensor(index, dtype=torch.long), lm_target=torch.tensor(target, dtype=torch.long))
     return inputs
+
+
+def to_device(x, device):
+    """A batch (dicts, lists and tuples of tensors and numbers) moved to the device."""
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_device(v, device) for v in x)
+    return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
 
 
 class GemmaBackbone(torch.nn.Module):
     """DIAL's backbone contract for Gemma: inputs from pack() -> (the final-norm hidden state at the last token of
-    every response (N, D), the next-token loss over the flagged tokens or None). One decoder pass for everything; the
-    256k-wide logits only at the M flagged positions."""
+    every response (n, D), the next-token loss over the flagged tokens or None). One decoder pass for everything;
+    the last layer computes only the tokens read, and the 256k-wide logits only at the M flagged positions."""
 
     def __init__(self, gemma):
         super().__init__()
         self.gemma = gemma
 
     def forward(self, inputs):
-        hidden = self.gemma(inputs["ids"], inputs["mask"], inputs["pos"]).flatten(0, 1)  # (B * T, D)
-        lm = None
-        if "lm_index" in inputs:
-            logits = self.gemma.logits(hidden[inputs["lm_index"]]).float()  # (M, V)
-            lm = torch.nn.functional.cross_entropy(logits, inputs["lm_target"])
-        return hidden[inputs["last"]], lm
+        n, lm = len(inputs["last"]), "lm_index" in inputs
+        keep = torch.cat([inputs["last"], inputs["lm_index"]]) if lm else inputs["last"]
+        hidden = self.gemma(inputs["ids"], inputs["blocks"], inputs["pos"], keep=keep)  # (n [+ M], D)
+        loss = None
+        if lm:
+            loss = torch.nn.functional.cross_entropy(self.gemma.logits(hidden[n:]).float(), inputs["lm_target"])
+        return hidden[:n], loss
 
 
-def step_batch(src, tgt, method, pad_id=0):
+def step_batch(src, tgt, method):
     """One micro-batch for dial.train_step from tokenised source and target examples: every sequence packed into one
     backbone input, and the rows of each role. Target examples enter only for the methods that use them, and their
     chosen/rejected rows only for the oracles: the other methods never see which target response is which."""
@@ -618,7 +610,7 @@ def step_batch(src, tgt, method, pad_id=0):
     elif method == "src-pref-tgt-ntp":  # every target text in full, as a language model would read it
         lm = [None] * len(src) + [(tuple(range(len(rs))), True) for _, rs in tgt]
     first = torch.tensor([0] + [len(rs) for _, rs in examples]).cumsum(0)  # each example's first embedding row
-    batch = {"inputs": pack(examples, pad_id, lm)}
+    batch = {"inputs": pack(examples, lm)}
 
     def roles(lo, hi):  # chosen (n,), rejected (n,) for pairs or (n, K) for multiple choice
         chosen = first[lo:hi]

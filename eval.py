@@ -66,22 +66,22 @@ def spearman(x, y):
 
 
 @torch.no_grad()
-def rewards(model, examples, batch_size=16, device="cpu", pad_id=0):
+def rewards(model, examples, batch_size=16, device="cpu"):
     """The reward of every response of every tokenised example, in order: (sum of responses,) numpy float64."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(examples), batch_size):
-        inputs = {k: v.to(device) for k, v in data.pack(examples[i:i + batch_size], pad_id).items()}
+        inputs = data.to_device(data.pack(examples[i:i + batch_size]), device)
         out.append(model.reward(model(inputs)[0]).double().cpu())
     model.train(was_training)
     return torch.cat(out).numpy()
 
 
-def evaluate(model, rows, examples, metric, batch_size=16, device="cpu", pad_id=0):
+def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
     """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
     {"pearson", "spearman"} between reward and score for scored texts."""
-    r = rewards(model, examples, batch_size, device, pad_id)
+    r = rewards(model, examples, batch_size, device)
     if metric == "pairwise":
         r = r.reshape(-1, 2)  # chosen, rejected
         return {"acc": pairwise_accuracy(r[:, 0], r[:, 1])}
@@ -154,7 +154,7 @@ def main(argv=None):
         task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], cfg["data_seed"])
         rows = task[args.split][:cfg["eval_rows"]]
         examples = data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])
-        metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device, max(tok.pad_id, 0))
+        metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device)
         print(json.dumps({"run": args.run, "split": args.split, **metrics}))
         return metrics
     except (OSError, ValueError) as e:

@@ -105,12 +105,12 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(pos, head_dim, theta, dtype):
-    """cos and sin of the rotary angles for positions pos (B, T): each (B, 1, T, d), broadcast over heads."""
+    """cos and sin of the rotary angles for positions pos (any shape): each pos.shape + (d,)."""
     # inverse frequencies in float32, computed exactly like the reference so that angles agree to the last ulp
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device).float() / head_dim))  # (d/2,)
-    angles = pos.float()[:, :, None] * inv_freq  # (B, T, d/2)
-    angles = torch.cat((angles, angles), dim=-1)  # (B, T, d): dim i and dim i + d/2 rotate by the same angle
-    return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
+    angles = pos.float()[..., None] * inv_freq  # (..., d/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (..., d): dim i and dim i + d/2 rotate by the same angle
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x, cos, sin):
@@ -130,16 +130,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, Kd, bias=False)
         self.o_proj = nn.Linear(Hd, D, bias=False)
 
-    def forward(self, x, cos, sin, mask):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, d)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, d)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    def attend(self, q, k, v, mask):  # (B, H, T, d), (B, K, T, d) x 2 -> (B, H, T, d)
         # enable_gqa: query head h reads kv head h // (H / K), without materialising the repeated keys and values
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           scale=self.head_dim ** -0.5, enable_gqa=self.n_kv_head != self.n_head)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              scale=self.head_dim ** -0.5, enable_gqa=self.n_kv_head != self.n_head)
+
+    def forward(self, x, cos, sin, mask, keep=None):
+        """x (B, T, D) with mask None or (B, 1, T, T) -> (B, T, D); or a packed stream x (N, D) with mask a list of
+        diagonal blocks (start, (L, L) mask) -> (N, D). keep: flat token indices, the only outputs wanted (n, D)."""
+        shape = x.shape[:-1]  # (B, T) or (N,)
+        q = self.q_proj(x).unflatten(-1, (self.n_head, self.head_dim)).transpose(-3, -2)  # (B, H, T, d) or (H, N, d)
+        k = self.k_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)  # (B, K, T, d) or (K, N, d)
+        v = self.v_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(mask, list):  # each block attends within itself: no padding, no work across sequences
+            y = torch.cat([self.attend(q[None, :, s:s + len(m)], k[None, :, s:s + len(m)], v[None, :, s:s + len(m)],
+                                       m)[0] for s, m in mask], dim=1)  # (H, N, d)
+        else:
+            y = self.attend(q, k, v, mask)  # (B, H, T, d)
+        y = y.transpose(-3, -2).reshape(*shape, -1)  # (B, T, H * d) or (N, H * d)
+        return self.o_proj(y if keep is None else y.flatten(0, -2)[keep])
 
 
 class MLP(nn.Module):
@@ -161,8 +171,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)  # despite its name: the pre-MLP norm
         self.mlp = MLP(cfg)
 
-    def forward(self, h, cos, sin, mask):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask)
+    def forward(self, h, cos, sin, mask, keep=None):
+        a = self.self_attn(self.input_layernorm(h), cos, sin, mask, keep)
+        h = (h if keep is None else h.flatten(0, -2)[keep]) + a  # from here on, only the tokens kept
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -178,36 +189,43 @@ class Gemma(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None):
-        """input_ids (B, T) -> final-norm hidden states (B, T, D). attention_mask is one of
-        - None: every token is real (causal attention, positions 0..T-1);
-        - (B, T), 1 = real token, 0 = pad, padding on either side: positions count real tokens only, so that both
-          padding sides give the unpadded result on real tokens; at pad positions the output is finite but meaningless;
-        - (B, T, T) boolean, query i may attend key j: for several sequences packed in one row (e.g. a prompt followed
-          by two responses that each see the prompt but not each other); position_ids (B, T) must then be given."""
-        B, T = input_ids.shape
+    def forward(self, input_ids, attention_mask=None, position_ids=None, keep=None):
+        """Final-norm hidden states: (B, T, D) for a batch input_ids (B, T), whose attention_mask is
+        - None: every token is real (causal attention, positions 0..T-1), or
+        - (B, T) with 1 = real token, 0 = pad, padding on either side: positions count real tokens only, so that both
+          padding sides give the unpadded result on real tokens (pad positions: finite but meaningless);
+        or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask a
+        list of diagonal blocks (start, (L, L) boolean mask: query i may attend key j) that tile the stream. A block can
+        hold a prompt followed by two responses that each see the prompt but not each other (see data.pack).
+        keep: flat indices of the only tokens whose hidden state the caller reads (into B * T or N); the last layer
+        then computes its MLP and output projection at those tokens alone, and (len(keep), D) is returned."""
         device = input_ids.device
-        h = self.embed_tokens(input_ids)  # (B, T, D)
+        h = self.embed_tokens(input_ids)  # (B, T, D) or (N, D)
         h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)  # sqrt(D) rounded to the act dtype
-        diag = torch.eye(T, dtype=torch.bool, device=device)  # every token sees itself: no empty row (NaN) for pads
-        if attention_mask is None:
+        if isinstance(attention_mask, list):
+            assert position_ids is not None, "a packed stream needs its position_ids"
+            pos, mask = position_ids, attention_mask
+        elif attention_mask is None:
+            B, T = input_ids.shape
             pos, mask = torch.arange(T, device=device).expand(B, T), None  # None: SDPA's causal fast path
-        elif attention_mask.dim() == 2:
+        else:
+            T = input_ids.shape[1]
             real = attention_mask.bool()  # (B, T)
             pos = (real.long().cumsum(-1) - 1).clamp(min=0)
             causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            diag = torch.eye(T, dtype=torch.bool, device=device)  # a token sees itself: a left pad's row is not empty
             mask = (causal & (real[:, None, :] | diag))[:, None]  # (B, 1, T, T): earlier real keys
-        else:
-            assert position_ids is not None, "a (B, T, T) attention mask needs explicit position_ids"
-            mask = (attention_mask.bool() | diag)[:, None]  # (B, 1, T, T)
         if position_ids is not None:
             pos = position_ids
-        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, h.dtype)
-        for layer in self.layers:
+        cos, sin = rope_cos_sin(pos, self.config.head_dim, self.config.rope_theta, h.dtype)  # (B, T, d) or (N, d)
+        if h.dim() == 3:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, d): broadcast over heads
+        for i, layer in enumerate(self.layers):
+            args = (h, cos, sin, mask, keep if i == len(self.layers) - 1 else None)
             if self.checkpointing and torch.is_grad_enabled():  # keep only layer inputs; recompute the rest backward
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, mask, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, mask)
+                h = layer(*args)
         return self.norm(h)
 
     def logits(self, hidden):

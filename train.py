@@ -214,12 +214,6 @@ def write_json(path, obj):
 # the run
 
 
-def to_device(x, device):
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
-
-
 def run(cfg, task, resume=False):
     """Trains, evaluates and writes the run folder; returns the summary."""
     out, device, method = cfg["out"], cfg["device"], cfg["method"]
@@ -259,7 +253,7 @@ def run(cfg, task, resume=False):
 
     def validate():
         nonlocal best
-        metrics = evaluate(model, *evals["val"], task["metric"], cfg["eval_batch"], device, max(tok.pad_id, 0))
+        metrics = evaluate(model, *evals["val"], task["metric"], cfg["eval_batch"], device)
         log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n"), log.flush()
         if best is None or metrics[main] > best["val"][main]:
             best = {"step": step, "val": metrics}
@@ -272,9 +266,9 @@ def run(cfg, task, resume=False):
         while step < total:
             s_idx = data.paired_indices(len(src), B_s, step, cfg["seed"], "source")
             t_idx = data.paired_indices(len(tgt), B_t, step, cfg["seed"], "target") if uses_tgt else []
-            micro = [to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
-                                               [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]],
-                                               method, max(tok.pad_id, 0)), device) for k in range(A)]
+            micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
+                                                    [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
+                                    device) for k in range(A)]
             logs = dial.train_step(model, micro, method, opt, critic_opt, hp)
             if not math.isfinite(logs["loss"]):
                 raise FloatingPointError(f"the loss became {logs['loss']} at step {step + 1} ({logs}); lower --lr "
@@ -297,7 +291,7 @@ def run(cfg, task, resume=False):
     # the best checkpoint on validation, evaluated on test
     if best["step"] != step:
         load_adapter(model.backbone.gemma, os.path.join(out, "adapter"), modules_to_save={"score": model.head})
-    test = evaluate(model, *evals["test"], task["metric"], cfg["eval_batch"], device, max(tok.pad_id, 0))
+    test = evaluate(model, *evals["test"], task["metric"], cfg["eval_batch"], device)
     summary = {"task": cfg["task"], "method": method, "seed": cfg["seed"], "steps": step, "best_step": best["step"],
                "metric": main, "val": best["val"], "test": test}
     write_json(os.path.join(out, "summary.json"), summary)

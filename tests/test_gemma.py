@@ -67,24 +67,36 @@ def test_bf16_embedding_scale_is_rounded_like_the_reference(tmp_path):
     assert not torch.equal(seen[0], ours.embed_tokens(ids) * 3072 ** 0.5), "the unrounded scale should differ"
 
 
-def test_packed_sequences_equal_separate_runs(checkpoint):
-    # one row = a prompt followed by two responses that each see the prompt and themselves, never each other, with
-    # each response's positions continuing from the prompt: the packing that lets a preference pair share its prompt
+def test_packed_stream_equals_separate_runs(checkpoint):
+    # a stream of two blocks: block 1 = a prompt followed by two responses that each see the prompt and themselves,
+    # never each other, with each response's positions continuing from the prompt (the packing that lets a pair
+    # share its prompt); block 2 = an ordinary sequence. Nothing attends across blocks, and nothing is padded.
     _, hf, path = checkpoint
     ours = Gemma.from_pretrained(path)
-    prompt, first, second = [2, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34]
-    ids = torch.tensor([prompt + first + second + [0, 0]])  # two pads at the end
-    part = torch.tensor([0] * 6 + [1] * 3 + [2] * 5 + [-1] * 2)  # 0 prompt, 1 and 2 responses, -1 pad
-    pos = torch.tensor([list(range(6)) + list(range(6, 9)) + list(range(6, 11)) + [0, 0]])
-    causal = torch.ones(16, 16, dtype=torch.bool).tril()
-    mask = causal & (part[None, :] == 0) & (part[:, None] >= 0) | causal & (part[:, None] == part[None, :])
+    prompt, first, second, other = [2, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [2, 40, 41, 42]
+    ids = torch.tensor(prompt + first + second + other)
+    part = torch.tensor([0] * 6 + [1] * 3 + [2] * 5)  # 0 prompt, 1 and 2 the responses
+    block = torch.ones(14, 14, dtype=torch.bool).tril() & ((part[None, :] == 0) | (part[:, None] == part[None, :]))
+    blocks = [(0, block), (14, torch.ones(4, 4, dtype=torch.bool).tril())]
+    pos = torch.tensor(list(range(9)) + list(range(6, 11)) + list(range(4)))
     with torch.no_grad():
-        packed = ours(ids, mask[None], pos)[0]
-        a = ours(torch.tensor([prompt + first]))[0]
-        b = ours(torch.tensor([prompt + second]))[0]
+        packed = ours(ids, blocks, pos)  # (N, D)
+        a, b, c = (ours(torch.tensor([x]))[0] for x in (prompt + first, prompt + second, other))
+        kept = ours(ids, blocks, pos, keep=torch.tensor([8, 13, 17, 8]))  # the last layer at four tokens only
+    assert packed.shape == (18, ours.config.hidden_size)
     assert (packed[:9] - a).abs().max() <= 1e-5
     assert (packed[9:14] - b[6:]).abs().max() <= 1e-5
-    assert torch.isfinite(packed).all()
+    assert (packed[14:] - c).abs().max() <= 1e-5
+    assert (kept - packed[[8, 13, 17, 8]]).abs().max() <= 1e-5
+
+
+def test_keep_in_a_padded_batch(checkpoint):
+    _, hf, path = checkpoint
+    ours = Gemma.from_pretrained(path)
+    _, ids, mask = padded_batch(hf.config.vocab_size, [9, 4, 12], "left")
+    keep = torch.tensor([11, 23, 35, 30])  # the last token of each row (flat index into B * T), and one more
+    with torch.no_grad():
+        assert (ours(ids, mask, keep=keep) - ours(ids, mask).flatten(0, 1)[keep]).abs().max() <= 1e-5
 
 
 def test_gradients_match_transformers(checkpoint):
