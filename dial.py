@@ -158,12 +158,14 @@ def critic_step(critic, src, tgt, critic_opt, cfg, generator=None):
     return w.detach(), gp.detach()
 
 
-def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=None):
+def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=None, gather=None):
     """One optimiser step of `method` over a list of micro-batches (gradient accumulation); returns mean logs.
     Each micro-batch is a dict: `inputs` for the backbone, covering every sequence of it, and index tensors into the
     rows of the embeddings: `src_chosen` (n,), `src_rejected` (n,) or (n, K) for multiple choice, `tgt` (unlabelled
     target rows; dial only), and for the oracles only `tgt_chosen`, `tgt_rejected`. opt holds the backbone's trainable
-    parameters and the head; critic_opt the critic's (dial only). generator makes the gradient penalty reproducible."""
+    parameters and the head; critic_opt the critic's (dial only). generator makes the gradient penalty reproducible.
+    gather: under data parallelism, a function returning the rows of every process stacked in process order, so that
+    each process's critic trains on the whole global batch and stays identical to the others."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     need = ["inputs", "src_chosen", "src_rejected"]
@@ -189,9 +191,11 @@ def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=Non
             loss = loss + cfg.lm_weight * lm_loss  # a tensor with its graph: the released code added a float here
             out["lm"] = lm_loss
         if method == "dial":
-            rows = torch.cat([batch["src_chosen"].reshape(-1), batch["src_rejected"].reshape(-1)])  # all source rows
-            src, tgt = emb[rows], emb[batch["tgt"]]
-            _, out["gp"] = critic_step(model.critic, src, tgt, critic_opt, cfg, generator)
+            chosen, rejected, tgt = emb[batch["src_chosen"]], emb[batch["src_rejected"].reshape(-1)], emb[batch["tgt"]]
+            src = torch.cat([chosen, rejected])  # every source row
+            g = gather or (lambda x: x)  # gathered role by role: the global batch in the order one process would see
+            _, out["gp"] = critic_step(model.critic, torch.cat([g(chosen.detach()), g(rejected.detach())]),
+                                       g(tgt.detach()), critic_opt, cfg, generator)
             model.critic.requires_grad_(False)  # frozen: W's gradient flows through the critic to emb, not into it
             w = wasserstein(model.critic, src, tgt)
             model.critic.requires_grad_(True)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import data
 import dial
@@ -67,15 +68,23 @@ def spearman(x, y):
 
 @torch.no_grad()
 def rewards(model, examples, batch_size=16, device="cpu"):
-    """The reward of every response of every tokenised example, in order: (sum of responses,) numpy float64."""
+    """The reward of every response of every tokenised example, in order: (sum of responses,) numpy float64.
+    Under torchrun each process computes every n-th batch and all receive every reward: the batches are the same as
+    in one process, so are the numbers."""
+    rank, n_proc = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     was_training = model.training
     model.eval()
-    out = []
-    for i in range(0, len(examples), batch_size):
-        inputs = data.to_device(data.pack(examples[i:i + batch_size]), device)
-        out.append(model.reward(model(inputs)[0]).double().cpu())
+    out = {}  # batch number -> rewards
+    for b, i in enumerate(range(0, len(examples), batch_size)):
+        if b % n_proc == rank:
+            inputs = data.to_device(data.pack(examples[i:i + batch_size]), device)
+            out[b] = model.reward(model(inputs)[0]).double().cpu()
     model.train(was_training)
-    return torch.cat(out).numpy()
+    if n_proc > 1:
+        shares = [None] * n_proc
+        dist.all_gather_object(shares, out)
+        out = {b: r for share in shares for b, r in share.items()}
+    return torch.cat([out[b] for b in sorted(out)]).numpy()
 
 
 def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
@@ -144,6 +153,13 @@ def main(argv=None):
     p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun: each process evaluates a share of the batches
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(args.device)
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if dist.get_rank() > 0:
+            sys.stdout = open(os.devnull, "w")
     try:
         if args.table:
             print(table(args.table))
@@ -159,6 +175,9 @@ def main(argv=None):
         return metrics
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

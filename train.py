@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
@@ -181,15 +183,16 @@ def trainable_state(model):
     return {k: v for k, v in model.state_dict().items() if "lora_" in k or k.startswith(("head.", "critic."))}
 
 
-def save_state(path, model, opt, critic_opt, step, best):
+def save_state(path, model, opt, critic_opt, gp_rng, step, best):
     state = dict(model=trainable_state(model), opt=opt.state_dict(), critic_opt=critic_opt.state_dict(), step=step,
                  best=best, rng=(random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
+                                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+                 gp_rng=gp_rng.get_state())
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)  # atomic: a kill during the save leaves the previous state intact
 
 
-def load_state(path, model, opt, critic_opt):
+def load_state(path, model, opt, critic_opt, gp_rng):
     state = torch.load(path, weights_only=False)
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
@@ -197,6 +200,7 @@ def load_state(path, model, opt, critic_opt):
     model.load_state_dict(state["model"], strict=False)
     opt.load_state_dict(state["opt"])
     critic_opt.load_state_dict(state["critic_opt"])
+    gp_rng.set_state(state["gp_rng"])
     py, np_state, cpu, cuda = state["rng"]
     random.setstate(py), np.random.set_state(np_state), torch.set_rng_state(cpu)
     if cuda is not None and torch.cuda.is_available():
@@ -211,90 +215,153 @@ def write_json(path, obj):
 
 
 # -----------------------------------------------------------------------------
+# several processes: the same command under torchrun
+
+
+def world():
+    """(rank, number of processes, local rank): torchrun sets these variables; one process otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def parallel(core, device):
+    """The reward model as each process's training step sees it: backbone and head wrapped in DistributedDataParallel,
+    which averages their gradients over processes. The critic is not wrapped: every process trains its copy on the
+    embeddings of the whole global batch (gather_rows), from the same seed, so the copies stay identical without
+    exchanging gradients, and W and the gradient penalty are those of the global batch, as with one process."""
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    model = dial.RewardModel(DDP(core.backbone, device_ids=ids), core.head.in_features)
+    model.head, model.critic = DDP(core.head, device_ids=ids), core.critic  # the new head and critic: discarded
+    return model
+
+
+def gather_rows(x):
+    """(n, D) in every process -> (world * n, D), in process order (detached rows: no gradient flows back)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_processes(logs, device):
+    if not dist.is_initialized():
+        return logs
+    t = torch.tensor([logs[k] for k in sorted(logs)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(sorted(logs), t.tolist())}
+
+
+# -----------------------------------------------------------------------------
 # the run
 
 
 def run(cfg, task, resume=False):
-    """Trains, evaluates and writes the run folder; returns the summary."""
+    """Trains, evaluates and writes the run folder (process 0 alone writes); returns the summary."""
+    rank, n_proc, _ = world()
     out, device, method = cfg["out"], cfg["device"], cfg["method"]
     if resume and not os.path.exists(os.path.join(out, "state.pt")):
         raise FileNotFoundError(f"nothing to resume: {out}/state.pt does not exist")
     if not resume and os.path.exists(os.path.join(out, "state.pt")):
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    os.makedirs(out, exist_ok=True)
     if resume:  # the run's own settings, not today's defaults
         with open(os.path.join(out, "config.json")) as f:
             saved = json.load(f)
-        cfg = {**saved, "max_steps": cfg["max_steps"] if cfg["max_steps"] is not None else saved["max_steps"]}
-    else:
-        write_json(os.path.join(out, "config.json"), cfg)
+        cfg = {**saved, "device": device, "max_steps": saved["max_steps"] if cfg["max_steps"] is None else cfg["max_steps"]}
+    elif rank == 0:
+        os.makedirs(out, exist_ok=True)
+        write_json(os.path.join(out, "config.json"), {**cfg, "processes": n_proc})
     random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
 
     tgt_rows = data.labelled_target(task, cfg["data_seed"]) if method in dial.ORACLES else task["target"]
-    model, tok = build(cfg, model_folder(cfg, task))
+    if rank == 0:
+        folder = model_folder(cfg, task)  # with --model tiny, process 0 makes the base model ...
+    barrier()
+    folder = model_folder(cfg, task)  # ... and the others then read it
+    core, tok = build(cfg, folder)
+    model = parallel(core, device) if n_proc > 1 else core
     tokenise = lambda rows: data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
-    uses_tgt = method != "src-pref" and method != "src-pref-sft"
-    per_epoch = max(math.ceil(len(src) / cfg["batch_src"]), math.ceil(len(tgt) / cfg["batch_tgt"]) if uses_tgt else 0)
+    B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
+    uses_tgt = method not in ("src-pref", "src-pref-sft")
+    per_epoch = max(math.ceil(len(src) / (B_s * n_proc)), math.ceil(len(tgt) / (B_t * n_proc)) if uses_tgt else 0)
     total = cfg["max_steps"] if cfg["max_steps"] is not None else math.ceil(cfg["epochs"] * per_epoch)
 
-    trainable = [p for p in model.backbone.parameters() if p.requires_grad] + list(model.head.parameters())
+    trainable = [p for p in core.backbone.parameters() if p.requires_grad] + list(core.head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     hp = dial.DialConfig(lam=cfg["lam"], lam_gp=cfg["lam_gp"], critic_iters=cfg["critic_iters"],
                          critic_lr=cfg["critic_lr"], critic_weight_decay=cfg["critic_wd"], lm_weight=cfg["lm_weight"])
-    critic_opt = dial.critic_optimizer(model.critic, hp)
+    critic_opt = dial.critic_optimizer(core.critic, hp)
+    gp_rng = torch.Generator(device).manual_seed(cfg["seed"])  # the penalty's draws: the same in every process
     step, best = 0, None
     if resume:
-        step, best = load_state(os.path.join(out, "state.pt"), model, opt, critic_opt)
+        step, best = load_state(os.path.join(out, "state.pt"), core, opt, critic_opt, gp_rng)
         print(f"resuming {out} at step {step} of {total}")
-    log = open(os.path.join(out, "metrics.jsonl"), "a")
+    log = open(os.path.join(out, "metrics.jsonl"), "a") if rank == 0 else None
     main = "pearson" if task["metric"] == "correlation" else "acc"
 
-    def validate():
+    def write(record):
+        if log:
+            log.write(json.dumps(record) + "\n"), log.flush()
+
+    def validate():  # every process evaluates a share of the batches; all get the same metrics
         nonlocal best
-        metrics = evaluate(model, *evals["val"], task["metric"], cfg["eval_batch"], device)
-        log.write(json.dumps({"step": step, "split": "val", **metrics}) + "\n"), log.flush()
+        metrics = evaluate(core, *evals["val"], task["metric"], cfg["eval_batch"], device)
+        write({"step": step, "split": "val", **metrics})
         if best is None or metrics[main] > best["val"][main]:
             best = {"step": step, "val": metrics}
-            save_best(model, os.path.join(out, "adapter"))
+            if rank == 0:
+                save_best(core, os.path.join(out, "adapter"))
         return metrics
 
-    B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]
-    bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True)
+    def checkpoint():
+        if rank == 0:
+            save_state(os.path.join(out, "state.pt"), core, opt, critic_opt, gp_rng, step, best)
+
+    bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True, disable=rank > 0)
     try:
         while step < total:
-            s_idx = data.paired_indices(len(src), B_s, step, cfg["seed"], "source")
-            t_idx = data.paired_indices(len(tgt), B_t, step, cfg["seed"], "target") if uses_tgt else []
+            # this process's share of the global batch: the same examples as one process with n_proc times the batch
+            s_idx = data.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
+            t_idx = data.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
+                if uses_tgt else []
             micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
                                                     [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
                                     device) for k in range(A)]
-            logs = dial.train_step(model, micro, method, opt, critic_opt, hp)
+            logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
+                                   gather_rows if n_proc > 1 else None)
+            logs = mean_over_processes(logs, device)  # the global batch's numbers, the same in every process
             if not math.isfinite(logs["loss"]):
                 raise FloatingPointError(f"the loss became {logs['loss']} at step {step + 1} ({logs}); lower --lr "
                                          f"or --lam, and resume from the last saved state with --resume")
             step += 1
-            log.write(json.dumps({"step": step, "split": "train", **logs}) + "\n")
+            write({"step": step, "split": "train", **logs})
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in ("loss", "w", "acc")})
             if step % per_epoch == 0 or (cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == total:
                 bar.set_postfix(val=f"{validate()[main]:.3f}")
-                save_state(os.path.join(out, "state.pt"), model, opt, critic_opt, step, best)
+                checkpoint()
     except KeyboardInterrupt:
-        save_state(os.path.join(out, "state.pt"), model, opt, critic_opt, step, best)
+        checkpoint()
         sys.exit(f"\ninterrupted at step {step}: continue with `python train.py --task {cfg['task']} "
                  f"--out {out} --resume`")
     finally:
         bar.close()
-        log.close()
+        if log:
+            log.close()
 
     # the best checkpoint on validation, evaluated on test
+    barrier()  # process 0 has written the adapter
     if best["step"] != step:
-        load_adapter(model.backbone.gemma, os.path.join(out, "adapter"), modules_to_save={"score": model.head})
-    test = evaluate(model, *evals["test"], task["metric"], cfg["eval_batch"], device)
+        load_adapter(core.backbone.gemma, os.path.join(out, "adapter"), modules_to_save={"score": core.head})
+    test = evaluate(core, *evals["test"], task["metric"], cfg["eval_batch"], device)
     summary = {"task": cfg["task"], "method": method, "seed": cfg["seed"], "steps": step, "best_step": best["step"],
                "metric": main, "val": best["val"], "test": test}
-    write_json(os.path.join(out, "summary.json"), summary)
+    if rank == 0:
+        write_json(os.path.join(out, "summary.json"), summary)
     print(f"{cfg['task']} {method} seed {cfg['seed']}: val {main} {best['val'][main]:.4f} (step {best['step']}), "
           f"test {main} {test[main]:.4f}")
     return summary
@@ -352,6 +419,14 @@ def demo(seeds=(0,)):
 
 def main(argv=None):
     args = parse_args(argv)
+    rank, n_proc, local_rank = world()
+    if n_proc > 1:  # under torchrun: one process per device, NCCL between GPUs, gloo between CPU processes
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{local_rank}"
+            torch.cuda.set_device(args.device)
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if rank > 0:
+            sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes the run folder
     try:
         if args.task is None:
             return demo()
@@ -359,6 +434,9 @@ def main(argv=None):
         return run(cfg, task, args.resume)
     except (OSError, ValueError, FloatingPointError) as e:  # bad input or a diverged run: one sentence, no traceback
         sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
