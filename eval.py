@@ -145,6 +145,20 @@ def table(runs_dir):
     return "\n".join(lines)
 
 
+def start_processes(device):
+    """Under torchrun: join the process group (NCCL between GPUs, gloo between CPU processes), silence every process
+    but 0, and return this process's device. Without torchrun: nothing happens. train.py uses it too."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        return device
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if dist.get_rank() > 0:
+        sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
+    return device
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(description="Re-evaluate a trained run, or tabulate finished runs.")
@@ -153,13 +167,7 @@ def main(argv=None):
     p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # under torchrun: each process evaluates a share of the batches
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(args.device)
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        if dist.get_rank() > 0:
-            sys.stdout = open(os.devnull, "w")
+    args.device = start_processes(args.device)  # under torchrun each process evaluates a share of the batches
     try:
         if args.table:
             print(table(args.table))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import data
 import dial
-from eval import evaluate
+from eval import evaluate, start_processes
 from gemma import Gemma, GemmaConfig, Tokenizer
 from lora import add_lora, load_adapter, save_adapter
 
@@ -419,14 +419,7 @@ def demo(seeds=(0,)):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, n_proc, local_rank = world()
-    if n_proc > 1:  # under torchrun: one process per device, NCCL between GPUs, gloo between CPU processes
-        if args.device.startswith("cuda"):
-            args.device = f"cuda:{local_rank}"
-            torch.cuda.set_device(args.device)
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
-        if rank > 0:
-            sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes the run folder
+    args.device = start_processes(args.device)  # under torchrun: one process per device; else nothing changes
     try:
         if args.task is None:
             return demo()
