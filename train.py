@@ -300,6 +300,12 @@ def run(cfg, task, resume=False):
     if resume:
         step, best = load_state(os.path.join(out, "state.pt"), core, opt, critic_opt, gp_rng)
         print(f"resuming {out} at step {step} of {total}")
+    if resume and rank == 0:  # a kill between checkpoints logged steps that will now run again: drop them
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        with open(os.path.join(out, "metrics.jsonl.tmp"), "w") as f:
+            f.writelines(kept)
+        os.replace(os.path.join(out, "metrics.jsonl.tmp"), os.path.join(out, "metrics.jsonl"))
     log = open(os.path.join(out, "metrics.jsonl"), "a") if rank == 0 else None
     main = "pearson" if task["metric"] == "correlation" else "acc"
 

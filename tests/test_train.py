@@ -60,6 +60,8 @@ def test_resume_continues_exactly(tmp_path):
               "--lora-alpha", "4", "--seed", "3"]
     full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "6", *common])
     train.main(["--out", str(tmp_path / "half"), "--max-steps", "3", *common])
+    with open(tmp_path / "half" / "metrics.jsonl", "a") as f:  # killed after logging step 4, before its checkpoint
+        f.write(json.dumps({"step": 4, "split": "train", "loss": 0.5}) + "\n")
     resumed = train.main(["--out", str(tmp_path / "half"), "--max-steps", "6", "--resume", *common])
     a, b = (torch.load(tmp_path / r / "state.pt", weights_only=False) for r in ("full", "half"))
     assert a["step"] == b["step"] == 6
