@@ -108,6 +108,12 @@ def resolve(args):
     for key in ("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    for key in ("lr", "critic_lr", "epochs", "max_len"):
+        if cfg[key] <= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    for key in ("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"):
+        if cfg[key] < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must not be negative, got {cfg[key]}")
     if cfg["batch_src"] % cfg["accum"] or cfg["batch_tgt"] % cfg["accum"]:
         raise ValueError(f"--accum {cfg['accum']} must divide the batch sizes ({cfg['batch_src']}, {cfg['batch_tgt']})")
     return cfg, task

@@ -96,6 +96,10 @@ def test_bad_input_gets_one_sentence(tmp_path, custom_files):
         train.main(["--task", "oddoneout-desert-fruits"])
     with pytest.raises(SystemExit, match="checkpoints/nowhere not found: download Gemma-2b with `hf download"):
         train.main(["--task", "oddoneout-fruits-sauces", "--model", "checkpoints/nowhere", "--out", str(tmp_path)])
+    for flag, value, says in (("--lr", "-1", "--lr must be positive, got -1.0"), ("--batch-src", "0", "at least 1"),
+                              ("--lam", "-0.5", "--lam must not be negative"), ("--accum", "3", "must divide")):
+        with pytest.raises(SystemExit, match=says):
+            train.main(["--task", "oddoneout-fruits-sauces", flag, value, "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="nothing to resume"):
         run(tmp_path, "none", "--task", "oddoneout-fruits-sauces", "--resume")
     (tmp_path / "unlabelled.jsonl").write_text('{"text": "an essay"}\n{"text": "another essay"}\n')
