@@ -4,6 +4,7 @@ Evaluation: the paper's metrics in numpy (numpy arrays in, floats out).
 Where we differ from the authors' code: a tie between chosen and rejected rewards counts half, not as correct (their
 argmax picks the first of equal scores, so identical truncated pairs, which always tie in bf16, counted as wins).
 """
+import contextlib
 import json
 import os
 import sys
@@ -145,18 +146,26 @@ def table(runs_dir):
     return "\n".join(lines)
 
 
-def start_processes(device):
-    """Under torchrun: join the process group (NCCL between GPUs, gloo between CPU processes), silence every process
-    but 0, and return this process's device. Without torchrun: nothing happens. train.py uses it too."""
-    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if dist.get_rank() > 0:
-        sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
-    return device
+@contextlib.contextmanager
+def command(device):
+    """The body of a command line (train.py's and this file's), given this process's device:
+    - under torchrun, joins the process group (NCCL between GPUs, gloo between CPU processes), moves to the process's
+      own GPU, silences every process but 0, and leaves the group at the end; without torchrun, nothing of that;
+    - bad input or a diverged run ends in one sentence, no traceback."""
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        if device.startswith("cuda"):
+            device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        if dist.get_rank() > 0:
+            sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
+    try:
+        yield device
+    except (OSError, ValueError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main(argv=None):
@@ -167,8 +176,7 @@ def main(argv=None):
     p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    args.device = start_processes(args.device)  # under torchrun each process evaluates a share of the batches
-    try:
+    with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
         if args.table:
             print(table(args.table))
             return
@@ -181,12 +189,6 @@ def main(argv=None):
         metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device)
         print(json.dumps({"run": args.run, "split": args.split, **metrics}))
         return metrics
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ import math
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 import data
 import dial
-from eval import evaluate, start_processes
+from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
 from lora import add_lora, load_adapter, save_adapter
 
@@ -177,12 +176,24 @@ def build(cfg, folder):
 # saving: every file written whole or not at all
 
 
+def write_atomically(path, write):
+    """write(temporary path), then one rename: a kill during the write leaves the previous file intact."""
+    write(path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def write_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+    write_atomically(path, write)
+
+
 def save_best(model, folder):
     from safetensors.torch import save_file
     save_adapter(model.backbone.gemma, folder, modules_to_save={"score": model.head})
-    save_file({k: v.contiguous().cpu() for k, v in model.critic.state_dict().items()},
-              os.path.join(folder, "critic.safetensors.tmp"))
-    os.replace(os.path.join(folder, "critic.safetensors.tmp"), os.path.join(folder, "critic.safetensors"))
+    critic = {k: v.contiguous().cpu() for k, v in model.critic.state_dict().items()}
+    write_atomically(os.path.join(folder, "critic.safetensors"), lambda tmp: save_file(critic, tmp))
 
 
 def trainable_state(model):
@@ -194,8 +205,7 @@ def save_state(path, model, opt, critic_opt, gp_rng, step, best):
                  best=best, rng=(random.getstate(), np.random.get_state(), torch.get_rng_state(),
                                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
                  gp_rng=gp_rng.get_state())
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)  # atomic: a kill during the save leaves the previous state intact
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path, model, opt, critic_opt, gp_rng):
@@ -212,12 +222,6 @@ def load_state(path, model, opt, critic_opt, gp_rng):
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
     return state["step"], state["best"]
-
-
-def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 # -----------------------------------------------------------------------------
@@ -309,9 +313,11 @@ def run(cfg, task, resume=False):
     if resume and rank == 0:  # a kill between checkpoints logged steps that will now run again: drop them
         with open(os.path.join(out, "metrics.jsonl")) as f:
             kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-        with open(os.path.join(out, "metrics.jsonl.tmp"), "w") as f:
-            f.writelines(kept)
-        os.replace(os.path.join(out, "metrics.jsonl.tmp"), os.path.join(out, "metrics.jsonl"))
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+        write_atomically(os.path.join(out, "metrics.jsonl"), write)
     log = open(os.path.join(out, "metrics.jsonl"), "a") if rank == 0 else None
     main = "pearson" if task["metric"] == "correlation" else "acc"
 
@@ -431,17 +437,11 @@ def demo(seeds=(0,)):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.device = start_processes(args.device)  # under torchrun: one process per device; else nothing changes
-    try:
+    with command(args.device) as args.device:  # under torchrun: one process per device; else nothing changes
         if args.task is None:
             return demo()
         cfg, task = resolve(args)
         return run(cfg, task, args.resume)
-    except (OSError, ValueError, FloatingPointError) as e:  # bad input or a diverged run: one sentence, no traceback
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def test_two_processes_equal_one_with_twice_the_batch(runs):
     assert len(train_two) == len(train_one) == 3  # process 0 alone writes the log
     for a, b in zip(train_two, train_one):
         assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a if k != "split"), (a, b)  # bt, w, gp, ...
+    assert (two_sum["best_step"], two_sum["val"], two_sum["test"]) == (one_sum["best_step"], one_sum["val"],
+                                                                       one_sum["test"])
 
 
 def test_one_run_folder(runs):

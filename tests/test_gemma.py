@@ -1,7 +1,6 @@
 """gemma.py against transformers' GemmaForCausalLM on random checkpoints. Run: python -m pytest -q tests/test_gemma.py"""
 import json
 import os
-import shutil
 import subprocess
 import sys
 

@@ -1,6 +1,5 @@
 """train.py and eval.py end to end on tiny models, offline. Run: python -m pytest -q tests/test_train.py"""
 import json
-import os
 
 import pytest
 import torch
