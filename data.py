@@ -42,6 +42,8 @@ import random
 
 import torch
 
+import dial
+
 # -----------------------------------------------------------------------------
 # row formats: reading and checking files
 
@@ -454,13 +456,11 @@ def load_task(name, data_dir="data", source=None, target=None, eval=None, seed=0
             raise ValueError(f"task '{name}' is generated, so it takes no --source, --target or --eval files; "
                              "use --task custom to train on files")
         src, tgt = spec["source_category"], spec["target_category"]
-        lists = food_lists()
+        lists, task["files"] = food_lists(), {}
         for role, cat, split in (("source", src, "train"), ("target", tgt, "train"), ("val", tgt, "val"),
                                  ("test", tgt, "test")):
             task[role] = oddoneout_rows(cat, split, seed=seed, lists=lists)
-        task["files"] = {role: f"generated: {cat} {split}, seed {seed}" for role, cat, split in
-                         (("source", src, "train"), ("target", tgt, "train"), ("val", tgt, "val"),
-                          ("test", tgt, "test"))}
+            task["files"][role] = f"generated: {cat} {split}, seed {seed}"
         return task
 
     if spec["family"] == "custom":
@@ -602,7 +602,7 @@ def step_batch(src, tgt, method):
     """One micro-batch for dial.train_step from tokenised source and target examples: every sequence packed into one
     backbone input, and the rows of each role. Target examples enter only for the methods that use them, and their
     chosen/rejected rows only for the oracles: the other methods never see which target response is which."""
-    use_tgt = method in ("dial", "src-pref-tgt-ntp", "tgt-pref", "src-tgt-pref")
+    use_tgt = method in dial.TARGET_METHODS
     examples = src + (tgt if use_tgt else [])
     lm = None
     if method == "src-pref-sft":  # the source chosen responses, conditioned on their prompts
@@ -620,7 +620,7 @@ def step_batch(src, tgt, method):
     batch["src_chosen"], batch["src_rejected"] = roles(0, len(src))
     if use_tgt:
         batch["tgt"] = torch.arange(first[len(src)], first[-1])
-    if method in ("tgt-pref", "src-tgt-pref"):
+    if method in dial.ORACLES:
         batch["tgt_chosen"], batch["tgt_rejected"] = roles(len(src), len(examples))
     return batch
 

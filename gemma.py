@@ -204,7 +204,7 @@ class Gemma(nn.Module):
         h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)  # sqrt(D) rounded to the act dtype
         if isinstance(attention_mask, list):
             assert position_ids is not None, "a packed stream needs its position_ids"
-            pos, mask = position_ids, attention_mask
+            mask = attention_mask  # its positions: position_ids, below
         elif attention_mask is None:
             B, T = input_ids.shape
             pos, mask = torch.arange(T, device=device).expand(B, T), None  # None: SDPA's causal fast path

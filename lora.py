@@ -50,6 +50,18 @@ def _lora_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def _adapter_tensors(layers, modules_to_save):
+    """PEFT's key of every tensor an adapter holds -> our parameter (or buffer) that holds it: one map for save and
+    load. layers: {name: LoRALinear}; modules_to_save: {transformers' name: our module} or None."""
+    own = {}
+    for name, m in layers.items():
+        own[f"{PREFIX}model.{name}.lora_A.weight"], own[f"{PREFIX}model.{name}.lora_B.weight"] = m.lora_A, m.lora_B
+    for hf_name, module in (modules_to_save or {}).items():
+        for key, value in module.state_dict(keep_vars=True).items():
+            own[f"{PREFIX}{hf_name}.{key}"] = value
+    return own
+
+
 def _replace(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
@@ -111,13 +123,7 @@ def save_adapter(model, path, modules_to_save=None, base_model_name_or_path="goo
                          "the adapter format here holds one setting for all layers")
     (r, alpha, p, scaling), = settings
     rslora = scaling != alpha / r
-    tensors = {}
-    for name, m in layers.items():
-        tensors[f"{PREFIX}model.{name}.lora_A.weight"] = m.lora_A.detach()
-        tensors[f"{PREFIX}model.{name}.lora_B.weight"] = m.lora_B.detach()
-    for hf_name, module in (modules_to_save or {}).items():
-        for key, value in module.state_dict().items():
-            tensors[f"{PREFIX}{hf_name}.{key}"] = value.detach()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in _adapter_tensors(layers, modules_to_save).items()}
     config = {
         "peft_type": "LORA", "task_type": "SEQ_CLS" if "score" in (modules_to_save or {}) else "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path, "revision": None, "inference_mode": True,
@@ -129,8 +135,7 @@ def save_adapter(model, path, modules_to_save=None, base_model_name_or_path="goo
     }
     os.makedirs(path, exist_ok=True)
     # write to temporary names, then rename: an interrupted save never leaves a half-written adapter behind
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, os.path.join(path, "adapter_model.safetensors.tmp"),
-              metadata={"format": "pt"})
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors.tmp"), metadata={"format": "pt"})
     with open(os.path.join(path, "adapter_config.json.tmp"), "w") as f:
         json.dump(config, f, indent=2)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
@@ -167,12 +172,7 @@ def load_adapter(model, path, modules_to_save=None):
         if wanted != set(layers):
             raise ValueError(f"{path} targets {targets}, which does not match the model's LoRA layers "
                              f"({sorted({n.split('.')[-1] for n in layers})})")
-    own = {}  # checkpoint key -> the tensor it loads into
-    for name, m in layers.items():
-        own[f"{PREFIX}model.{name}.lora_A.weight"], own[f"{PREFIX}model.{name}.lora_B.weight"] = m.lora_A, m.lora_B
-    for hf_name, module in (modules_to_save or {}).items():
-        for key, value in module.state_dict(keep_vars=True).items():
-            own[f"{PREFIX}{hf_name}.{key}"] = value
+    own = _adapter_tensors(layers, modules_to_save)  # checkpoint key -> the tensor it loads into
     tensors = load_file(os.path.join(path, "adapter_model.safetensors"))
     unknown = sorted(set(tensors) - set(own))
     if unknown:

@@ -296,7 +296,7 @@ def run(cfg, task, resume=False):
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
     B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
-    uses_tgt = method not in ("src-pref", "src-pref-sft")
+    uses_tgt = method in dial.TARGET_METHODS
     per_epoch = max(math.ceil(len(src) / (B_s * n_proc)), math.ceil(len(tgt) / (B_t * n_proc)) if uses_tgt else 0)
     total = cfg["max_steps"] if cfg["max_steps"] is not None else math.ceil(cfg["epochs"] * per_epoch)
 
