@@ -284,7 +284,9 @@ def read_jsonl(path):
 
 def write_tasks(out, sizes, seed):
     """Writes every task whose domains have been fetched; returns {task: {role: rows}} of those written."""
-    have = lambda folder, names: all(os.path.isfile(os.path.join(out, folder, f"{n}.jsonl")) for n in names)
+    def have(folder, names):
+        return all(os.path.isfile(os.path.join(out, folder, f"{n}.jsonl")) for n in names)
+
     written = {}
     if not have("vader", VADER_DOMAINS):
         return written
