@@ -292,6 +292,9 @@ def convert(path, out, dtype="float32", extra_files=()):
             assert f.tell() == 8 + len(head) + offset, "model.safetensors size disagrees with its header"
         for name, src in extra_files:
             shutil.copyfile(src, os.path.join(tmp, name))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the result is an ordinary folder
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
