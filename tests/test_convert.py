@@ -250,6 +250,34 @@ def test_refuses_bad_files_in_one_sentence(converted, capsys):
     assert all(name.endswith(".gguf") for name in set(os.listdir(tmp)) - before)  # no output, no temporary folder
 
 
+@pytest.mark.parametrize("extra, layer_types, local_base", [
+    ({}, "SSSSSFSSSSSF", 10000.0),  # what llama.cpp writes for gemma3: the pattern and local base are implied
+    ({"pattern": 4, "local_base": 5000.0}, "SSSFSSSFSSSF", 5000.0),
+    ({"pattern": [True, False] * 6}, "SFSFSFSFSFSF", 10000.0),  # one flag per layer, True = sliding
+])
+def test_config_from_metadata(tmp_path, extra, layer_types, local_base):
+    path = tmp_path / "meta.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    for key, value in {"block_count": 12, "embedding_length": 64, "feed_forward_length": 128, "context_length": 256,
+                       "attention.sliding_window": 8, "attention.head_count": 4, "attention.head_count_kv": 2,
+                       "attention.key_length": 16, "attention.value_length": 16}.items():
+        w.add_uint32(f"gemma3.{key}", value)
+    w.add_float32("gemma3.attention.layer_norm_rms_epsilon", 1e-6)
+    w.add_float32("gemma3.rope.freq_base", 1e6)
+    if "pattern" in extra:
+        w.add_sliding_window_pattern(extra["pattern"])
+    if "local_base" in extra:
+        w.add_rope_freq_base_swa(extra["local_base"])
+    w.add_token_list(["<pad>", "<eos>", "<bos>", "<unk>"])
+    w.add_bos_token_id(2), w.add_eos_token_id(1), w.add_pad_token_id(0)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    cfg = convert.hf_config(convert.open_gguf(str(path)), str(path))
+    assert "".join("F" if t == "full_attention" else "S" for t in cfg["layer_types"]) == layer_types
+    assert cfg["rope_local_base_freq"] == local_base and cfg["rms_norm_eps"] == 1e-6 and cfg["vocab_size"] == 4
+    hf = transformers.Gemma3TextConfig(**cfg)  # transformers reads every field as we wrote it
+    assert (hf.layer_types, hf.query_pre_attn_scalar, hf.rope_theta) == (cfg["layer_types"], 16, 1e6)
+
+
 def fake_wheels(folder, spec, chunks, order):
     """Wheels holding the parts of spec['file'] the way the real packages do, written in a shuffled order."""
     for i in order:
