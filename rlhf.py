@@ -282,8 +282,8 @@ def ppo_epoch(policy, rm, tok, prompts, qs, responses, texts, opt, cfg, rng):
             loss.backward()
             opt.step()
         kl = (ppo.kl_per_token(old_logp, ref) * m).sum(1).mean()  # per sequence, as TRL logs it
-        logs.append({"loss": float(loss), **{k: float(v) for k, v in out.items()}, "kl": float(kl),
-                     "score": float(score.mean())})
+        logs.append({"loss": loss.item(), **{k: v.item() for k, v in out.items()}, "kl": kl.item(),
+                     "score": score.mean().item()})
     return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}
 
 # -----------------------------------------------------------------------------
