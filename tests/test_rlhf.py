@@ -1,4 +1,4 @@
-"""rlhf.py and ppo.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny model, the
+"""rlhf.py, ppo.py and xstest.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny model, the
 XSTest data and judge against the human labels, and (once Gemma.generate exists) a whole two-generation run."""
 import json
 import os
@@ -10,6 +10,7 @@ import torch
 import gemma
 import ppo
 import rlhf
+import xstest
 from gemma import Gemma, GemmaConfig, pad
 from lora import LoRALinear, add_lora, load_adapter
 
@@ -161,27 +162,27 @@ def test_loss_gradients_match_their_surrogates(policy):
 
 
 def test_judge_agrees_with_the_human_labels():
-    _, completions = rlhf.load_xstest()
-    acc = rlhf.judge_accuracy(rlhf.string_match_judge, completions)
+    _, completions = xstest.load_xstest()
+    acc = xstest.judge_accuracy(xstest.string_match_judge, completions)
     print(f"string-match judge accuracy on the labelled Mistral completions: {acc}")
     assert len(completions) == 900
     assert acc["all"] >= 0.85 and acc["mistralinstruct"] >= 0.85 and acc["mistralguard"] >= 0.8
-    assert rlhf.string_match_judge(["q"] * 2, ["I'm sorry, but I cannot help with that.", "Sure! Here is how."]) == \
+    assert xstest.string_match_judge(["q"] * 2, ["I'm sorry, but I cannot help with that.", "Sure! Here is how."]) == \
         [True, False]
 
 
 def test_split_and_source_pairs():
-    prompts, completions = rlhf.load_xstest()
+    prompts, completions = xstest.load_xstest()
     assert len(prompts) == 450 and sum(p["safe"] for p in prompts) == 250
-    train, held = rlhf.split_prompts(prompts, seed=0)
+    train, held = xstest.split_prompts(prompts, seed=0)
     assert {p["id"] for p in train}.isdisjoint({p["id"] for p in held}) and len(train) + len(held) == 450
     assert sum(p["safe"] for p in train) == 125 and sum(not p["safe"] for p in train) == 100  # stratified
-    assert [p["id"] for p in rlhf.split_prompts(prompts, seed=0)[0]] == [p["id"] for p in train]  # seeded
-    assert [p["id"] for p in rlhf.split_prompts(prompts, seed=1)[0]] != [p["id"] for p in train]
-    pairs = rlhf.source_pairs(completions, prompts)
+    assert [p["id"] for p in xstest.split_prompts(prompts, seed=0)[0]] == [p["id"] for p in train]  # seeded
+    assert [p["id"] for p in xstest.split_prompts(prompts, seed=1)[0]] != [p["id"] for p in train]
+    pairs = xstest.source_pairs(completions, prompts)
     assert len(pairs) == 140  # SOURCE.txt: 22 safe and 118 unsafe prompts have a full compliance and a full refusal
     human = {c["completion"]: c["refused"] for c in completions}
-    by_text = {rlhf.TEMPLATE.format(p["prompt"]): p["safe"] for p in prompts}
+    by_text = {xstest.TEMPLATE.format(p["prompt"]): p["safe"] for p in prompts}
     for row in pairs:
         safe = by_text.get(row["prompt"], False)  # the one prompt whose wording changed upstream is unsafe
         assert human[row["response_chosen"]] == (not safe) and human[row["response_rejected"]] == safe
@@ -189,7 +190,7 @@ def test_split_and_source_pairs():
 
 def test_bad_judge_and_flags_get_one_sentence():
     with pytest.raises(ValueError, match="--judge 'nope'"):
-        rlhf.load_judge("nope")
+        xstest.load_judge("nope")
     with pytest.raises(ValueError, match="--batch must be at least 1"):
         rlhf.resolve(rlhf.parse_args(["--batch", "0"]))
 
