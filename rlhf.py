@@ -212,8 +212,9 @@ def run(cfg):
     out, method, t0 = cfg["out"], cfg["method"], time.time()
     if os.path.exists(os.path.join(out, "summary.json")):
         raise FileExistsError(f"{out} already holds a finished run: choose another --out")
-    os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, "config.json"), cfg)
+    if cfg["model"] != "tiny" and not os.path.isdir(cfg["model"]):
+        raise FileNotFoundError(f"--model {cfg['model']}: not a folder; fetch a checkpoint (python gemma.py fetch "
+                                "gemma-3-270m) or use --model tiny")
     judge = xstest.load_judge(cfg["judge"])
     all_prompts, completions = xstest.load_xstest(cfg["data"])
     train, held = xstest.split_prompts(all_prompts, cfg["data_seed"], cfg["max_prompts"])
@@ -221,13 +222,12 @@ def run(cfg):
     if not pairs:
         raise ValueError(f"no training prompt has a labelled compliance and refusal: raise --max-prompts "
                          f"({cfg['max_prompts']})")
+    os.makedirs(out, exist_ok=True)  # every input checked: now the run folder
+    write_json(os.path.join(out, "config.json"), cfg)
     folder = cfg["model"]
     if folder == "tiny":
         folder = os.path.join(out, "base")
         tiny_base(folder, completions, cfg["seed"], cfg["pretrain_steps"])
-    elif not os.path.isdir(folder):
-        raise FileNotFoundError(f"--model {folder}: not a folder; fetch a checkpoint (python gemma.py fetch "
-                                "gemma-3-270m) or use --model tiny")
     policy, rm, tok = build(cfg, folder)
     random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
     rng, gen = random.Random(cfg["seed"]), torch.Generator(cfg["device"]).manual_seed(cfg["seed"])
@@ -300,6 +300,7 @@ def plot(folders, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     files = sorted({f for d in folders for f in ([os.path.join(d, "summary.json")] if os.path.isfile(
         os.path.join(d, "summary.json")) else glob.glob(os.path.join(d, "**", "summary.json"), recursive=True))})
     if not files:
@@ -327,7 +328,7 @@ def plot(folders, path):
     a.set(title="(a) training: sampled responses", xlabel="generation (PPO epoch)", ylabel="true reward")
     b.set(title="(b) held-out prompts, greedy", xlabel="generation (PPO epoch)", ylabel="true reward")
     for ax in (a, b):
-        ax.grid(alpha=0.3), ax.legend()
+        ax.grid(alpha=0.3), ax.legend(), ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -228,8 +228,8 @@ def test_sampled_tokens_are_the_teacher_forced_argmax(policy):
 @needs_generate
 def test_two_generations_of_the_whole_loop(tmp_path):
     out = str(tmp_path / "run")
-    s = rlhf.main(["--model", "tiny", "--method", "dial", "--generations", "2", "--max-prompts", "24",
-                   "--pretrain-steps", "20", "--response-len", "8", "--eval-every", "1", "--out", out])
+    s = rlhf.main(["--model", "tiny", "--method", "dial", "--generations", "2", "--max-prompts", "16",
+                   "--pretrain-steps", "10", "--response-len", "8", "--eval-every", "1", "--out", out])
     assert len(s["train_true_reward"]) == 2 and [g for g, _ in s["eval_true_reward"]] == [0, 1, 2]
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
