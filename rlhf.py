@@ -97,7 +97,8 @@ def queries(tok, prompts, max_len):
 @torch.no_grad()
 def sample(gemma, tok, qs, cfg, temperature, generator, desc):
     """One response per query: ids up to and including the stop token (or response_len tokens), and their text."""
-    ids_out, texts, stop = [], [], stop_id(tok)
+    ids_out, texts, stop, mode = [], [], stop_id(tok), gemma.training
+    gemma.eval()  # no LoRA dropout while sampling: greedy evaluation stays deterministic
     for k in tqdm(range(0, len(qs), cfg["gen_batch"]), desc=desc, leave=False):
         ids, mask = pad(qs[k:k + cfg["gen_batch"]], tok.pad_id, "left")
         seq = gemma.generate(ids.to(cfg["device"]), mask.to(cfg["device"]), max_new_tokens=cfg["response_len"],
@@ -106,6 +107,7 @@ def sample(gemma, tok, qs, cfg, temperature, generator, desc):
             row = row[:row.index(stop) + 1] if stop in row else row
             ids_out.append(row)
             texts.append(tok.decode([i for i in row if i not in (stop, tok.eos_id)]))
+    gemma.train(mode)
     return ids_out, texts
 
 
@@ -322,7 +324,8 @@ def plot(folders, path):
     for method, ss in sorted(runs.items(), key=lambda kv: kv[0] != "src-pref"):
         name = {"src-pref": "PPO, Src-Pref reward", "dial": "PPO, DIAL reward"}.get(method, method)
         n = min(len(s["train_true_reward"]) for s in ss)
-        band(a, np.arange(1, n + 1), [s["train_true_reward"][:n] for s in ss], name)
+        if n:  # (a run of --generations 0 has only its evaluation)
+            band(a, np.arange(1, n + 1), [s["train_true_reward"][:n] for s in ss], name)
         common = sorted(set.intersection(*[{g for g, _ in s["eval_true_reward"]} for s in ss]))
         band(b, common, [[dict(map(tuple, s["eval_true_reward"]))[g] for g in common] for s in ss], name)
     a.set(title="(a) training: sampled responses", xlabel="generation (PPO epoch)", ylabel="true reward")
