@@ -11,6 +11,7 @@ base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight. So `peft.PeftMod
 train onto transformers' Gemma (with the reward head as `modules_to_save`, onto GemmaForSequenceClassification), and
 we load PEFT's adapters (tests/test_lora.py checks both directions).
 """
+import contextlib
 import json
 import math
 import os
@@ -36,9 +37,12 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(out_features, r, device=device))  # zero: starts as the base model
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # U(-1/sqrt(in), 1/sqrt(in)), as nn.Linear and PEFT
         self.dropout = nn.Dropout(dropout)  # on the LoRA branch's input only, never on the frozen path
+        self.disabled = False  # True: the layer is its base layer alone (see disabled_lora)
 
     def forward(self, x):
         y = self.base_layer(x)
+        if self.disabled:
+            return y
         u = self.dropout(x).to(self.lora_A.dtype)  # the update in float32, as PEFT computes it
         return y + (F.linear(F.linear(u, self.lora_A), self.lora_B) * self.scaling).to(y.dtype)
 
@@ -93,6 +97,22 @@ def add_lora(model, r=64, alpha=64, dropout=0.0, targets=("q_proj", "v_proj"), u
         print(f"LoRA r={r} alpha={alpha} on {len(names)} layers ({', '.join(sorted({n.split('.')[-1] for n in names}))}):"
               f" {n_lora:,} trainable parameters, {100 * n_lora / n_all:.2f}% of {n_all:,}")
     return model
+
+
+@contextlib.contextmanager
+def disabled_lora(model):
+    """Inside the block, every LoRA layer of `model` computes its base layer alone: the model is its frozen base, with
+    no second copy of the weights (RLHF's reference policy is the policy with its adapter switched off)."""
+    layers = _lora_layers(model).values()
+    if not layers:
+        raise ValueError("the model has no LoRA layers to disable (call add_lora first)")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from gemma import Gemma, GemmaConfig, pad
 from hf_reference import hf_positions, random_hf_gemma
-from lora import LoRALinear, add_lora, load_adapter, merge_lora, save_adapter
+from lora import LoRALinear, add_lora, disabled_lora, load_adapter, merge_lora, save_adapter
 
 TOL = 1e-4
 
@@ -133,6 +133,25 @@ def test_merge_keeps_outputs_and_removes_lora(checkpoint, tmp_path):
     theirs = merged.state_dict()
     for key, value in ours.state_dict().items():
         assert (value - theirs["model." + key]).abs().max() <= 1e-6, key
+
+
+def test_disabled_lora_is_the_base_model_and_comes_back(checkpoint, tmp_path):
+    # reference: PEFT's own disable_adapter() on transformers' model, and the adapter back on outside the block
+    import peft
+    ours = add_lora(Gemma.from_pretrained(checkpoint), r=4, alpha=8, targets="all").eval()
+    randomise_lora(ours, seed=6)
+    save_adapter(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(hf_model(checkpoint), tmp_path).eval()
+    ids, mask = batch(seed=7)
+    with disabled_lora(ours), theirs.disable_adapter():
+        off, off_ref = our_logits(ours, ids, mask), their_logits(theirs, ids, mask)
+    on, on_ref = our_logits(ours, ids, mask), their_logits(theirs, ids, mask)
+    m = mask.bool()
+    assert (off - off_ref)[m].abs().max() <= TOL and (on - on_ref)[m].abs().max() <= TOL
+    assert (on - off)[m].abs().max() > 100 * TOL  # the adapter matters, so the first check could fail
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        with disabled_lora(Gemma.from_pretrained(checkpoint)):
+            pass
 
 
 def test_training_changes_only_lora_and_head(checkpoint):

@@ -1,0 +1,424 @@
+"""
+RLHF with a DIAL-adapted reward model (paper section 3.8, Fig. 6, appendix A.8): PPO on XSTest prompts.
+
+    python rlhf.py --model tiny --method dial --generations 4        # offline, CPU, minutes
+    python rlhf.py --model checkpoints/gemma-3-270m --method src-pref --seed 0   # the paper's settings, a GPU
+    python rlhf.py --plot runs/rlhf -o assets/rlhf.png               # Fig. 6 from several run folders
+
+The loop (appendix A.8; the authors' full_rl.py): train the reward model with Bradley-Terry on labelled pairs; then
+each generation samples one response per training prompt from the current policy, judges them (the true reward,
+which nothing trains on), (dial only) trains the reward model one epoch with BT on the source pairs plus the
+Wasserstein term against the embeddings of those fresh responses (the target domain = the policy's latest outputs,
+unlabelled), and runs one epoch of PPO on them. Src-Pref keeps the reward model it started with.
+
+Data (assets/xstest, CC-BY-4.0): 450 prompts that should be answered (safe) or refused (unsafe), split in half,
+seeded and stratified, into training and held-out prompts; the source pairs are the human-labelled Mistral-7B
+completions of training prompts that have one full compliance and one full refusal (chosen = the right action).
+The true reward is 1 when the judge's verdict (refused or not) is the right action for the prompt: by default a
+string-match judge (xstest.py); --judge module:function plugs in another (e.g. an LLM judge on a GPU).
+
+PPO is TRL's PPOv2 as the authors ran it (the arithmetic is in ppo.py): a LoRA policy; the reference policy is the
+same model with the adapter switched off (lora.disabled_lora: no second copy); a value head on the policy's final
+hidden states; per-token reward -0.05 KL with the score at the last response token; GAE (gamma 1, lambda 0.95);
+whitened advantages; clipped policy and value losses; loss = pg + 0.1 vf. Differences from the authors' run: the
+value head shares the policy's trunk (they ran a second LoRA model), and the score lands on the last response token
+rather than one past it (TRL's layout), so that the return is the score itself at gamma = 1.
+
+One run = one folder (default runs/rlhf/<method>/seed<S>): config.json, metrics.jsonl (per generation: true reward
+of the sampled responses, reward-model and PPO logs; held-out greedy evaluations), policy/ (PEFT adapter, with the
+value head in value_head.safetensors), reward/ (PEFT adapter with the score head), summary.json, rlhf.png.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+import data
+import dial
+import ppo
+import xstest
+from eval import command
+from gemma import Gemma, Tokenizer, pad
+from lora import add_lora, disabled_lora, save_adapter
+from train import make_tiny, write_atomically, write_json
+
+PAPER = dict(lr=5e-5, reward_lr=5e-5, response_len=320, reward_epochs=1)  # appendix A.8 and the authors' README
+TINY = dict(lr=1e-3, reward_lr=1e-3, response_len=32, reward_epochs=5)  # a tiny model learns little at 5e-5
+
+# -----------------------------------------------------------------------------
+# the policy, its value head and its reference; the reward model's scores
+
+
+class Policy(nn.Module):
+    """A Gemma carrying LoRA layers (the trained policy), and a value head on the same final hidden states."""
+
+    def __init__(self, gemma):
+        super().__init__()
+        self.gemma = gemma
+        self.value_head = nn.Linear(gemma.config.hidden_size, 1, dtype=torch.float32)
+        nn.init.normal_(self.value_head.weight, std=0.02), nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, q_ids, q_mask, r_ids, r_mask, temperature=1.0):
+        """Left-padded queries (B, Q), right-padded responses (B, R) -> log pi(response token) and the value of the
+        state before it, each (B, R), zero on padding. Teacher forcing: what sampling computed token by token."""
+        hidden = self.gemma(torch.cat([q_ids, r_ids], 1), torch.cat([q_mask, r_mask], 1))  # (B, Q + R, D)
+        h = hidden[:, q_ids.shape[1] - 1:-1]  # (B, R, D): the states that predict each response token
+        logits = self.gemma.logits(h).float() / temperature  # (B, R, V)
+        logp = logits.gather(-1, r_ids[..., None]).squeeze(-1) - torch.logsumexp(logits, -1)
+        return logp * r_mask, self.value_head(h.float()).squeeze(-1) * r_mask
+
+
+def ref_logp(policy, *batch, temperature=1.0):
+    """log pi_ref: the same model with its adapter switched off."""
+    with disabled_lora(policy.gemma):
+        return policy(*batch, temperature=temperature)[0]
+
+
+def stop_id(tok):
+    """<end_of_turn> ends a model turn in Gemma's chat tokenizers; tokenizers without it (tiny) stop at <eos>."""
+    i = tok.sp.piece_to_id("<end_of_turn>")
+    return i if i != tok.sp.unk_id() and tok.sp.id_to_piece(i) == "<end_of_turn>" else tok.eos_id
+
+
+def queries(tok, prompts, max_len):
+    """<bos> + Gemma's user turn + the model-turn cue; a long prompt loses its start, never the cue."""
+    q = [tok.encode(xstest.TEMPLATE.format(p["prompt"])) for p in prompts]
+    return [r if len(r) <= max_len else r[:1] + r[len(r) - max_len + 1:] for r in q]
+
+
+@torch.no_grad()
+def sample(gemma, tok, qs, cfg, temperature, generator, desc):
+    """One response per query: ids up to and including the stop token (or response_len tokens), and their text."""
+    ids_out, texts, stop, mode = [], [], stop_id(tok), gemma.training
+    gemma.eval()  # no LoRA dropout while sampling: greedy evaluation stays deterministic
+    for k in tqdm(range(0, len(qs), cfg["gen_batch"]), desc=desc, leave=False):
+        ids, mask = pad(qs[k:k + cfg["gen_batch"]], tok.pad_id, "left")
+        seq = gemma.generate(ids.to(cfg["device"]), mask.to(cfg["device"]), max_new_tokens=cfg["response_len"],
+                             temperature=temperature, top_p=1.0, eos_id=stop, generator=generator)
+        for row in seq[:, ids.shape[1]:].tolist():
+            row = row[:row.index(stop) + 1] if stop in row else row
+            ids_out.append(row)
+            texts.append(tok.decode([i for i in row if i not in (stop, tok.eos_id)]))
+    gemma.train(mode)
+    return ids_out, texts
+
+
+def rm_examples(tok, prompts, responses, max_len):
+    """(prompt ids, [response ids]) for the reward model: the templated prompt, then the response (data.tokenize)."""
+    rows = [{"prompt": xstest.TEMPLATE.format(p["prompt"]), "response_chosen": r, "response_rejected": r}
+            for p, r in zip(prompts, responses)]
+    return [(p, rs[:1]) for p, rs in data.tokenize(rows, tok, max_len)]
+
+
+@torch.no_grad()
+def rm_scores(rm, examples, device, batch=16):
+    out = [rm.reward(rm(data.to_device(data.pack(examples[k:k + batch]), device))[0])
+           for k in range(0, len(examples), batch)]
+    return torch.cat(out)
+
+
+def reward_epoch(rm, src, tgt, method, opt, critic_opt, hp, gp_rng, cfg, step):
+    """One epoch of the reward model: BT on the source pairs (+ dial: W against the target examples), batch by batch
+    as train.py reads them (the smaller side cycles). Returns the mean logs and the next step number."""
+    B, logs = cfg["batch"], []
+    n = max(math.ceil(len(src) / B), math.ceil(len(tgt) / B) if method == "dial" else 0)
+    for _ in range(n):
+        s = [src[i] for i in data.paired_indices(len(src), B, step, cfg["seed"], "source")]
+        t = [tgt[i] for i in data.paired_indices(len(tgt), B, step, cfg["seed"], "target")] if method == "dial" else []
+        batch = data.to_device(data.step_batch(s, t, method), cfg["device"])
+        logs.append(dial.train_step(rm, [batch], method, opt, critic_opt, hp, gp_rng))
+        step += 1
+    return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}, step
+
+
+def ppo_epoch(policy, rm, tok, prompts, qs, responses, texts, opt, cfg, rng):
+    """One epoch of PPO over the sampled (query, response) pairs, batch by batch: rollout quantities from the
+    current policy, then cfg['ppo_epochs'] clipped updates on them. Returns the mean logs."""
+    logs, order, dev = [], rng.sample(range(len(qs)), len(qs)), cfg["device"]
+    for k in tqdm(range(0, len(order), cfg["batch"]), desc="PPO", leave=False):
+        idx = order[k:k + cfg["batch"]]
+        q_ids, q_mask = pad([qs[i] for i in idx], tok.pad_id, "left")
+        r_ids, r_mask = pad([responses[i] for i in idx], tok.pad_id, "right")  # >= 1 token each
+        batch = [x.to(dev) for x in (q_ids, q_mask, r_ids, r_mask)]
+        m = batch[3].float()
+        with torch.no_grad():  # the rollout: old log-probs, values, reference, score
+            old_logp, old_v = policy(*batch, temperature=cfg["temperature"])
+            ref = ref_logp(policy, *batch, temperature=cfg["temperature"])
+            score = rm_scores(rm, rm_examples(tok, [prompts[i] for i in idx], [texts[i] for i in idx],
+                                              cfg["reward_len"]), dev)
+            rewards = ppo.token_rewards(old_logp, ref, score, m, cfg["kl_coef"])
+            adv, ret = ppo.gae(rewards, old_v, m, cfg["gamma"], cfg["lam_gae"])
+            adv = ppo.whiten(adv, m)
+        for _ in range(cfg["ppo_epochs"]):
+            logp, v = policy(*batch, temperature=cfg["temperature"])
+            loss, out = ppo.ppo_loss(logp, old_logp, v, old_v, adv, ret, m, cfg["clip"], cfg["vf_clip"], cfg["vf_coef"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        kl = (ppo.kl_per_token(old_logp, ref) * m).sum(1).mean()  # per sequence, as TRL logs it
+        logs.append({"loss": loss.item(), **{k: v.item() for k, v in out.items()}, "kl": kl.item(),
+                     "score": score.mean().item()})
+    return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}
+
+# -----------------------------------------------------------------------------
+# the run
+
+
+def tiny_base(folder, completions, seed, steps, max_len=64, batch=16, lr=3e-3):
+    """A tiny random Gemma with a tokenizer trained on XSTest's text, pre-trained for `steps` steps on the templated
+    prompts followed by Mistral's completions (some refuse, most comply): a small policy that can do either."""
+    texts = [xstest.TEMPLATE.format(c["prompt"]) + c["completion"] for c in completions]
+    make_tiny(folder, texts, 1000, seed)
+    if steps == 0:
+        return
+    tok, model = Tokenizer(os.path.join(folder, "tokenizer.model")), Gemma.from_pretrained(folder)
+    rows = [(tok.encode(xstest.TEMPLATE.format(c["prompt"])) + tok.encode(c["completion"], bos=False))[:max_len - 1]
+            + [tok.eos_id] for c in completions]
+    opt, rng = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01), random.Random(seed)
+    for _ in tqdm(range(steps), desc="pre-training the tiny policy", leave=False):
+        ids, mask = pad(rng.sample(rows, batch), tok.pad_id)
+        logits, keep = model.logits(model(ids, mask))[:, :-1], mask[:, 1:].bool()
+        loss = nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+        opt.zero_grad(), loss.backward(), opt.step()
+    model.save_pretrained(folder)
+
+
+def build(cfg, folder):
+    dtype = torch.bfloat16 if cfg["device"].startswith("cuda") else torch.float32
+    torch.manual_seed(cfg["seed"])
+    load = lambda: Gemma.from_pretrained(folder, dtype=dtype, device=cfg["device"])  # noqa: E731
+    targets = tuple(cfg["lora_targets"].split(","))
+    rm_gemma = add_lora(load(), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets, verbose=False)
+    rm = dial.RewardModel(data.GemmaBackbone(rm_gemma), rm_gemma.config.hidden_size)
+    rm.head.to(cfg["device"]), rm.critic.to(cfg["device"])  # float32: never cast the whole reward model
+    policy = Policy(add_lora(load(), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets,
+                             verbose=False)).to(cfg["device"])
+    return policy, rm, Tokenizer(os.path.join(folder, "tokenizer.model"))
+
+
+def evaluate(policy, tok, prompts, cfg, judge):
+    """Greedy responses to the held-out prompts, judged: the mean true reward."""
+    ids, texts = sample(policy.gemma, tok, queries(tok, prompts, cfg["query_len"]), cfg, 0.0, None, "evaluating")
+    return float(xstest.true_rewards(judge, prompts, texts).mean()), texts
+
+
+def run(cfg):
+    out, method, t0 = cfg["out"], cfg["method"], time.time()
+    if os.path.exists(os.path.join(out, "summary.json")):
+        raise FileExistsError(f"{out} already holds a finished run: choose another --out")
+    if cfg["model"] != "tiny" and not os.path.isdir(cfg["model"]):
+        raise FileNotFoundError(f"--model {cfg['model']}: not a folder; fetch a checkpoint (python gemma.py fetch "
+                                "gemma-3-270m) or use --model tiny")
+    judge = xstest.load_judge(cfg["judge"])
+    all_prompts, completions = xstest.load_xstest(cfg["data"])
+    train, held = xstest.split_prompts(all_prompts, cfg["data_seed"], cfg["max_prompts"])
+    pairs = xstest.source_pairs(completions, train)
+    if not pairs:
+        raise ValueError(f"no training prompt has a labelled compliance and refusal: raise --max-prompts "
+                         f"({cfg['max_prompts']})")
+    os.makedirs(out, exist_ok=True)  # every input checked: now the run folder
+    write_json(os.path.join(out, "config.json"), cfg)
+    folder = cfg["model"]
+    if folder == "tiny":
+        folder = os.path.join(out, "base")
+        tiny_base(folder, completions, cfg["seed"], cfg["pretrain_steps"])
+    policy, rm, tok = build(cfg, folder)
+    random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
+    rng, gen = random.Random(cfg["seed"]), torch.Generator(cfg["device"]).manual_seed(cfg["seed"])
+    src = data.tokenize(pairs, tok, cfg["reward_len"])
+    rm_params = [p for p in rm.backbone.parameters() if p.requires_grad] + list(rm.head.parameters())
+    rm_opt = torch.optim.AdamW(rm_params, lr=cfg["reward_lr"], weight_decay=0.01)  # the critic has its own
+    hp = dial.DialConfig(lam=cfg["lam"])
+    critic_opt, gp_rng = dial.critic_optimizer(rm.critic, hp), torch.Generator(cfg["device"]).manual_seed(cfg["seed"])
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg["lr"], weight_decay=0.01)
+    qs = queries(tok, train, cfg["query_len"])
+    log = open(os.path.join(out, "metrics.jsonl"), "w")
+
+    def write(record):
+        log.write(json.dumps(record) + "\n"), log.flush()
+
+    step, rm_logs = 0, {}
+    for _ in range(cfg["reward_epochs"]):  # step 1: the reward model on the labelled pairs, BT only
+        rm_logs, step = reward_epoch(rm, src, [], "src-pref", rm_opt, critic_opt, hp, gp_rng, cfg, step)
+    write({"generation": 0, "split": "reward", **rm_logs})
+    base_eval, _ = evaluate(policy, tok, held, cfg, judge)
+    write({"generation": 0, "split": "eval", "true_reward": base_eval})
+    train_curve, eval_curve = [], [(0, base_eval)]
+    bar = tqdm(range(cfg["generations"]), desc=f"rlhf {method} seed {cfg['seed']}", dynamic_ncols=True)
+    for g in bar:
+        responses, texts = sample(policy.gemma, tok, qs, cfg, cfg["temperature"], gen, "sampling")
+        reward = xstest.true_rewards(judge, train, texts)
+        record = {"generation": g + 1, "split": "train", "true_reward": float(reward.mean()),
+                  "mean_response_tokens": float(np.mean([len(r) for r in responses])), "example": texts[0][:200]}
+        if method == "dial":  # adapt the reward model to the policy's current responses
+            tgt = rm_examples(tok, train, texts, cfg["reward_len"])
+            rm_logs, step = reward_epoch(rm, src, tgt, "dial", rm_opt, critic_opt, hp, gp_rng, cfg, step)
+            record["reward_model"] = rm_logs
+        record["ppo"] = ppo_epoch(policy, rm, tok, train, qs, responses, texts, opt, cfg, rng)
+        write(record)
+        train_curve.append(record["true_reward"])
+        if cfg["halve_every"] and (g + 1) % cfg["halve_every"] == 0:  # the paper's schedule for dial
+            for o in (opt, rm_opt):
+                for group in o.param_groups:
+                    group["lr"] /= 2
+        if (cfg["eval_every"] and (g + 1) % cfg["eval_every"] == 0) or g + 1 == cfg["generations"]:
+            eval_curve.append((g + 1, evaluate(policy, tok, held, cfg, judge)[0]))
+            write({"generation": g + 1, "split": "eval", "true_reward": eval_curve[-1][1]})
+        bar.set_postfix(true=f"{record['true_reward']:.3f}", score=f"{record['ppo']['score']:.2f}",
+                        kl=f"{record['ppo']['kl']:.3f}")
+    log.close()
+
+    base_name = folder if cfg["model"] != "tiny" else "tiny"
+    save_adapter(policy.gemma, os.path.join(out, "policy"), base_model_name_or_path=base_name)
+    from safetensors.torch import save_file
+    vh = {k: v.contiguous().cpu() for k, v in policy.value_head.state_dict().items()}
+    write_atomically(os.path.join(out, "policy", "value_head.safetensors"), lambda tmp: save_file(vh, tmp))
+    save_adapter(rm.backbone.gemma, os.path.join(out, "reward"), {"score": rm.head}, base_model_name_or_path=base_name)
+    summary = {"method": method, "seed": cfg["seed"], "generations": cfg["generations"], "train_prompts": len(train),
+               "eval_prompts": len(held), "source_pairs": len(pairs), "train_true_reward": train_curve,
+               "eval_true_reward": eval_curve, "final_eval_true_reward": eval_curve[-1][1],
+               "judge_accuracy": xstest.judge_accuracy(judge, completions), "wall_s": round(time.time() - t0, 1)}
+    write_json(os.path.join(out, "summary.json"), summary)
+    plot([out], os.path.join(out, "rlhf.png"))
+    print(f"rlhf {method} seed {cfg['seed']}: true reward, training {train_curve[0] if train_curve else float('nan'):.3f}"
+          f" -> {train_curve[-1] if train_curve else float('nan'):.3f}; held-out greedy {base_eval:.3f} -> "
+          f"{eval_curve[-1][1]:.3f} ({summary['wall_s']:.0f} s)")
+    return summary
+
+# -----------------------------------------------------------------------------
+# Fig. 6: true reward per generation, Src-Pref vs DIAL, mean +- s.e. over seeds
+
+
+def plot(folders, path):
+    """Reads summary.json from every run folder given or found below the given folders; writes a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    files = sorted({f for d in folders for f in ([os.path.join(d, "summary.json")] if os.path.isfile(
+        os.path.join(d, "summary.json")) else glob.glob(os.path.join(d, "**", "summary.json"), recursive=True))})
+    if not files:
+        raise FileNotFoundError(f"no summary.json in or below {', '.join(folders)}: run rlhf.py first")
+    runs = {}
+    for f in files:
+        with open(f) as fh:
+            s = json.load(fh)
+        runs.setdefault(s["method"], []).append(s)
+
+    def band(ax, x, ys, label):
+        ys = np.array(ys)
+        m = ys.mean(0)
+        se = ys.std(0, ddof=1) / np.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(m)
+        ax.plot(x, m, marker="o", label=f"{label} ({len(ys)} seed{'s' * (len(ys) > 1)})")
+        ax.fill_between(x, m - se, m + se, alpha=0.25)
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, ss in sorted(runs.items(), key=lambda kv: kv[0] != "src-pref"):
+        name = {"src-pref": "PPO, Src-Pref reward", "dial": "PPO, DIAL reward"}.get(method, method)
+        n = min(len(s["train_true_reward"]) for s in ss)
+        if n:  # (a run of --generations 0 has only its evaluation)
+            band(a, np.arange(1, n + 1), [s["train_true_reward"][:n] for s in ss], name)
+        common = sorted(set.intersection(*[{g for g, _ in s["eval_true_reward"]} for s in ss]))
+        band(b, common, [[dict(map(tuple, s["eval_true_reward"]))[g] for g in common] for s in ss], name)
+    a.set(title="(a) training: sampled responses", xlabel="generation (PPO epoch)", ylabel="true reward")
+    b.set(title="(b) held-out prompts, greedy", xlabel="generation (PPO epoch)", ylabel="true reward")
+    for ax in (a, b):
+        ax.grid(alpha=0.3), ax.legend(), ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+# -----------------------------------------------------------------------------
+# the command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    a = p.add_argument
+    a("--model", default="tiny", help="Hugging Face checkpoint folder, or 'tiny' (a random tiny Gemma, briefly\n"
+                                     "pre-trained on XSTest's completions, saved in <out>/base)")
+    a("--method", default="dial", choices=("src-pref", "dial"))
+    a("--generations", type=int, default=20, help="PPO epochs, each on freshly sampled responses (paper: 20)")
+    a("--seed", type=int, default=0)
+    a("--out", help="run folder (default runs/rlhf/<method>/seed<S>)")
+    a("--plot", nargs="+", metavar="RUNS", help="only draw Fig. 6 from the run folders in or below RUNS")
+    a("-o", "--plot-out", default="assets/rlhf.png", help="the PNG --plot writes")
+    a("--judge", default="string-match", help="'string-match', or module:function(prompts, responses) -> refused")
+    a("--data", default=xstest.XSTEST, help="folder with XSTest's CSV files")
+    a("--data-seed", type=int, default=0, help="seed of the train / held-out prompt split")
+    a("--max-prompts", type=int, help="use at most N training and N held-out prompts (quick runs)")
+    g = p.add_argument_group("optimisation (paper appendix A.8; --model tiny: lr 1e-3, 32-token responses, 5 BT epochs)")
+    g.add_argument("--lr", type=float, help="policy and value head (paper: 5e-5)")
+    g.add_argument("--reward-lr", type=float, help="reward model (paper: 5e-5)")
+    g.add_argument("--batch", type=int, default=8, help="reward-model and PPO batch size")
+    g.add_argument("--reward-epochs", type=int, help="BT epochs before PPO (paper: 1, to convergence)")
+    g.add_argument("--halve-every", type=int, help="halve every lr after this many generations, 0 = never\n"
+                                                   "(default: 5 for dial, as the paper; 0 for src-pref)")
+    g.add_argument("--lam", type=float, default=0.01, help="weight of the Wasserstein term (dial)")
+    g.add_argument("--lora-r", type=int, default=64)
+    g.add_argument("--lora-alpha", type=float, default=64)
+    g.add_argument("--lora-dropout", type=float, default=0.0, help="(the authors: 0.1; 0 keeps the PPO ratio at 1)")
+    g.add_argument("--lora-targets", default="q_proj,v_proj")
+    g = p.add_argument_group("PPO (TRL's PPOv2 defaults, as the authors ran it)")
+    g.add_argument("--kl-coef", type=float, default=0.05)
+    g.add_argument("--gamma", type=float, default=1.0)
+    g.add_argument("--lam-gae", type=float, default=0.95)
+    g.add_argument("--clip", type=float, default=0.2, help="policy ratio clip")
+    g.add_argument("--vf-clip", type=float, default=0.2, help="value clip")
+    g.add_argument("--vf-coef", type=float, default=0.1)
+    g.add_argument("--ppo-epochs", type=int, default=1, help="updates per rollout batch")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature during training")
+    g = p.add_argument_group("lengths and system")
+    g.add_argument("--query-len", type=int, default=64, help="prompt tokens (the start of a long prompt is cut)")
+    g.add_argument("--response-len", type=int, help="new tokens per response (paper: 320)")
+    g.add_argument("--reward-len", type=int, default=512, help="reward-model tokens, prompt + response")
+    g.add_argument("--gen-batch", type=int, default=32, help="prompts per generation batch")
+    g.add_argument("--eval-every", type=int, default=5, help="greedy held-out evaluation every N generations\n"
+                                                           "(and always before the first and after the last)")
+    g.add_argument("--pretrain-steps", type=int, default=300, help="--model tiny: pre-training steps of the base")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p.parse_args(argv)
+
+
+def resolve(args):
+    cfg = {k: v for k, v in vars(args).items() if k not in ("plot", "plot_out")}
+    for key, value in (TINY if args.model == "tiny" else PAPER).items():
+        cfg[key] = value if cfg[key] is None else cfg[key]
+    if cfg["halve_every"] is None:
+        cfg["halve_every"] = 5 if args.method == "dial" else 0
+    cfg["out"] = cfg["out"] or os.path.join("runs", "rlhf", args.method, f"seed{args.seed}")
+    for key in ("batch", "lora_r", "gen_batch", "query_len", "response_len", "reward_len", "ppo_epochs"):
+        if cfg[key] < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
+    for key in ("generations", "reward_epochs", "halve_every", "eval_every", "pretrain_steps"):
+        if cfg[key] < 0:
+            raise ValueError(f"--{key.replace('_', '-')} must not be negative, got {cfg[key]}")
+    for key in ("lr", "reward_lr", "temperature"):
+        if cfg[key] <= 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    if cfg["max_prompts"] is not None and cfg["max_prompts"] < 2:
+        raise ValueError(f"--max-prompts must be at least 2, got {cfg['max_prompts']}")
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with command(args.device) as args.device:
+        if args.plot:
+            print(f"wrote {plot(args.plot, args.plot_out)}")
+            return None
+        return run(resolve(args))
+
+
+if __name__ == "__main__":
+    main()
