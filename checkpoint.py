@@ -78,13 +78,14 @@ def read_safetensors_header(path):
     for key, entry in header.items():
         if not isinstance(entry, dict):
             raise ValueError(f"'{key}' in {name} has a header entry that is not a JSON object")
-        if entry.get("dtype") not in DTYPES:
-            raise ValueError(f"'{key}' in {name} has dtype {entry.get('dtype')!r}; expected one of {', '.join(DTYPES)}")
+        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+            raise ValueError(f"'{key}' in {name} has dtype {json.dumps(entry.get('dtype'))[:20]}; "
+                             f"expected one of {', '.join(DTYPES)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise ValueError(f"'{key}' in {name} has shape {shape!r}; expected a list of non-negative integers")
+            raise ValueError(f"'{key}' in {name} has shape {json.dumps(shape)[:40]}; expected a list of non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
-            raise ValueError(f"'{key}' in {name} has data_offsets {offsets!r}; expected two non-negative integers")
+            raise ValueError(f"'{key}' in {name} has data_offsets {json.dumps(offsets)[:40]}; expected two non-negative integers")
         begin, end = offsets
         if end - begin != math.prod(shape) * DTYPES[entry["dtype"]].itemsize:
             raise ValueError(f"'{key}' in {name}: data_offsets {begin}..{end} do not match shape {shape}")
@@ -191,7 +192,8 @@ def _typed(hf, key, path, required=False):
     want = int if key in REQUIRED or key in ("max_position_embeddings", "sliding_window", "sliding_window_pattern") \
         or key.endswith("token_id") else float
     if not _is_number(value) or (want is int and not isinstance(value, int)):
-        raise ValueError(f"{path}: '{key}' is {str(value)[:40]!r}; expected {'an integer' if want is int else 'a number'}")
+        kind = "an integer" if want is int else "a number"
+        raise ValueError(f"{path}: '{key}' is {json.dumps(value)[:40]} in JSON; expected {kind}")
     if not (value > 0 or key.endswith("token_id") and value >= 0):
         raise ValueError(f"{path}: '{key}' is {value}; expected a positive number")
     return want(value)

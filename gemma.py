@@ -21,7 +21,7 @@ W sliding window, S keys (= T, or cached + new tokens while generating).
 """
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
