@@ -247,3 +247,41 @@ def test_generation_refuses_right_padding(generator_pair):
     _, ids, mask = padded_batch(512, [4, 2], "right")
     with pytest.raises(ValueError, match="left padding"):
         ours.generate(ids, mask)
+
+
+@pytest.mark.parametrize("name", list(ARCH))
+def test_data_pack_layout_equals_separate_sequences(name):
+    # data.pack's prompt-shared stream on a sliding model, prompts and responses longer than the window: each response
+    # token's hidden state equals the same token in <bos> prompt response run alone (which test_logits ties to HF)
+    import data
+    cfg = GemmaConfig.from_json(os.path.join(save_random(name), "config.json"))
+    torch.manual_seed(0)
+    model = Gemma(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5) if p.ndim == 1 else p.normal_(0, p.shape[1] ** -0.5)
+    examples = [([2] + list(range(10, 22)), [[50, 51, 52], list(range(60, 69))]), ([2, 11], [list(range(70, 80))]),
+                ([2] + list(range(100, 107)), [[80, 81], [82], list(range(83, 90))])]
+    inputs = data.pack(examples, lm=[((0, 1), True), ((0,), True), ((2,), False)])
+    with torch.no_grad():
+        stream = model(inputs["ids"], inputs["blocks"], inputs["pos"])  # (N, D)
+        at = 0
+        for p, rs in examples:
+            start = at
+            at += len(p)
+            for r in rs:
+                alone = model(torch.tensor([p + r]))[0]
+                assert (stream[start:start + len(p)] - alone[:len(p)]).abs().max() <= 1e-5
+                assert (stream[at:at + len(r)] - alone[len(p):]).abs().max() <= 1e-5
+                at += len(r)
+        kept = model(inputs["ids"], inputs["blocks"], inputs["pos"], keep=inputs["lm_index"])
+        assert (kept - stream[inputs["lm_index"]]).abs().max() <= 1e-5
+
+
+def save_random(name, _cache={}):
+    """A folder with the config.json of a random transformers model of this architecture (built once)."""
+    if name not in _cache:
+        import tempfile
+        _cache[name] = tempfile.mkdtemp()
+        random_hf_gemma("gqa", **ARCH[name]).config.save_pretrained(_cache[name])
+    return _cache[name]
