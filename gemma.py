@@ -344,7 +344,8 @@ class Gemma(nn.Module):
             else:
                 probs = torch.softmax(z / temperature, dim=-1)
                 p, order = probs.sort(dim=-1, descending=True)
-                p[(p.cumsum(-1) - p) >= top_p] = 0  # keep a token while the mass before it is below top_p
+                if top_p < 1:  # keep a token while the mass before it is below top_p
+                    p[(p.cumsum(-1) - p) >= top_p] = 0
                 nxt = order.gather(-1, torch.multinomial(p, 1, generator=generator))[:, 0]
             nxt = nxt.masked_fill(done, self.config.pad_token_id)
             if eos_id is not None:
