@@ -1,7 +1,8 @@
 """
-Checkpoint files for gemma.py: config.json parsing and writing, safetensors reading (by hand, one tensor at a time, every header field checked) and
-Gemma's SentencePiece tokenizer with the padding helper. gemma.py re-exports these names (gemma.Tokenizer, gemma.pad,
-gemma.read_safetensors_header), so callers import them from there.
+The Hugging Face files of a Gemma checkpoint, for gemma.py: config.json read (every field type-checked) and written
+for each generation; safetensors read by hand, one tensor at a time, every header field checked; Gemma's SentencePiece
+tokenizer and the padding helper. gemma.py re-exports Tokenizer, pad and read_safetensors_header, so callers keep
+importing them from there.
 
 safetensors layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, then
 the raw little-endian data. Read by hand (not mmap) so that each tensor goes straight into its parameter.
@@ -83,9 +84,11 @@ def read_safetensors_header(path):
                              f"expected one of {', '.join(DTYPES)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise ValueError(f"'{key}' in {name} has shape {json.dumps(shape)[:40]}; expected a list of non-negative integers")
+            raise ValueError(f"'{key}' in {name} has shape {json.dumps(shape)[:40]}; "
+                             "expected a list of non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
-            raise ValueError(f"'{key}' in {name} has data_offsets {json.dumps(offsets)[:40]}; expected two non-negative integers")
+            raise ValueError(f"'{key}' in {name} has data_offsets {json.dumps(offsets)[:40]}; "
+                             "expected two non-negative integers")
         begin, end = offsets
         if end - begin != math.prod(shape) * DTYPES[entry["dtype"]].itemsize:
             raise ValueError(f"'{key}' in {name}: data_offsets {begin}..{end} do not match shape {shape}")
