@@ -402,9 +402,11 @@ def test_refuses_safetensors_header_entries_of_the_wrong_type(small_checkpoint, 
         Gemma.from_pretrained(str(small_checkpoint))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_refuses_non_finite_weights(small_checkpoint, bad):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_refuses_non_finite_weights(small_checkpoint, bad, dtype):
     def poison(t):
+        t["model.layers.1.mlp.up_proj.weight"] = t["model.layers.1.mlp.up_proj.weight"].to(dtype)
         t["model.layers.1.mlp.up_proj.weight"][3, 5] = bad
     rewrite(small_checkpoint / "model.safetensors", poison)
     with pytest.raises(ValueError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' in model\.safetensors holds NaN"):
