@@ -11,18 +11,26 @@ CONFIGS = {
 }
 
 
-def random_hf_gemma(shape="mqa", vocab_size=512, num_hidden_layers=3, seed=0, cls=None, **overrides):
-    """A transformers Gemma (GemmaForCausalLM by default) in float32 with every weight randomised to O(1)
-    activations. At transformers' own init the norm weights are zero and activations tiny, which would hide a
-    (1 + w) bug and the GELU variant."""
+# per generation: transformers' config class and causal LM class
+GENERATIONS = {"gemma": ("GemmaConfig", "GemmaForCausalLM"), "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+               "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM")}
+
+
+def random_hf_gemma(shape="mqa", vocab_size=512, num_hidden_layers=3, seed=0, cls=None, generation="gemma",
+                    **overrides):
+    """A transformers Gemma (GemmaForCausalLM by default; Gemma2ForCausalLM or Gemma3ForCausalLM by generation) in
+    float32 with every weight randomised to O(1) activations. At transformers' own init the norm weights are zero
+    and activations tiny, which would hide a (1 + w) bug and the GELU variant. Eager attention: transformers' SDPA
+    path silently drops Gemma 2's soft-capping."""
     import transformers
-    cfg = transformers.GemmaConfig(
+    config_cls, model_cls = (getattr(transformers, name) for name in GENERATIONS[generation])
+    cfg = config_cls(
         vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, max_position_embeddings=1024,
         hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",  # the hub's "gelu" is exact in some versions
         attn_implementation="eager", torch_dtype="float32", pad_token_id=0, eos_token_id=1, bos_token_id=2,
         **{**CONFIGS[shape], **overrides})
     torch.manual_seed(seed)
-    model = (cls or transformers.GemmaForCausalLM)(cfg).float().eval()
+    model = (cls or model_cls)(cfg).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:  # RMSNorm weights, applied as (1 + w)

@@ -191,8 +191,8 @@ def test_refuses_missing_folder(tmp_path):
 
 def test_refuses_other_architectures(small_checkpoint):
     cfg = json.loads((small_checkpoint / "config.json").read_text())
-    (small_checkpoint / "config.json").write_text(json.dumps({**cfg, "model_type": "gemma2"}))
-    with pytest.raises(ValueError, match="'gemma2' model"):
+    (small_checkpoint / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="'llama' model"):
         Gemma.from_pretrained(str(small_checkpoint))
 
 
@@ -323,3 +323,91 @@ def test_tokenizer_refuses_bad_files(tmp_path):
     (tmp_path / "bad.model").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.model is not a SentencePiece model"):
         Tokenizer(str(tmp_path / "bad.model"))
+
+
+# -----------------------------------------------------------------------------
+# hostile or broken files: one sentence each, never a traceback from deep inside, never the file's bytes echoed
+
+
+@pytest.fixture
+def sharded_checkpoint(tmp_path):
+    random_hf_gemma("gqa", num_hidden_layers=2).save_pretrained(tmp_path / "sh", safe_serialization=True,
+                                                                max_shard_size="50KB")
+    return tmp_path / "sh"
+
+
+def point_index_at(folder, name):
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.norm.weight"] = name
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", "..", ""])
+def test_refuses_index_shard_names_outside_the_folder(sharded_checkpoint, name):
+    point_index_at(sharded_checkpoint, name)
+    with pytest.raises(ValueError, match="names a shard that is not a plain file name inside") as e:
+        Gemma.from_pretrained(str(sharded_checkpoint))
+    assert "root:" not in str(e.value)
+
+
+def test_refuses_index_shard_that_is_a_fifo(sharded_checkpoint):
+    os.mkfifo(sharded_checkpoint / "pipe.safetensors")  # opening it for reading would block forever
+    point_index_at(sharded_checkpoint, "pipe.safetensors")
+    with pytest.raises(ValueError, match="lists shard pipe.safetensors, which is not a regular file"):
+        Gemma.from_pretrained(str(sharded_checkpoint))
+
+
+def test_refuses_a_fifo_among_the_shards(small_checkpoint):
+    os.mkfifo(small_checkpoint / "pipe.safetensors")
+    with pytest.raises(ValueError, match="pipe.safetensors is not a regular file"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("hidden_size", "abc", r"'hidden_size' is \"abc\" in JSON; expected an integer"),
+    ("hidden_size", [64], r"'hidden_size' is .*; expected an integer"),
+    ("hidden_size", True, r"'hidden_size' is true in JSON; expected an integer"),
+    ("hidden_size", 64.5, r"'hidden_size' is 64.5 in JSON; expected an integer"),
+    ("num_hidden_layers", 0, r"'num_hidden_layers' is 0; expected a positive number"),
+    ("rms_norm_eps", {"a": 1}, r"'rms_norm_eps' is .*; expected a number"),
+    ("rope_theta", "1e4", r"'rope_theta' is \"1e4\" in JSON; expected a number"),
+    ("num_key_value_heads", 3, r"num_key_value_heads 3 does not divide num_attention_heads 4"),
+])
+def test_refuses_config_fields_of_the_wrong_type(small_checkpoint, key, value, message):
+    cfg = json.loads((small_checkpoint / "config.json").read_text())
+    (small_checkpoint / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ValueError, match=message):
+        GemmaConfig.from_json(small_checkpoint / "config.json")
+
+
+def write_raw_safetensors(path, header, data=b"\0" * 64):
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+@pytest.mark.parametrize("entry, message", [
+    (["F32", [2], [0, 8]], "not a JSON object"),
+    ({"dtype": "F32", "shape": "ab", "data_offsets": [0, 8]}, "shape \"ab\"; expected a list of non-negative integers"),
+    ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, "expected a list of non-negative integers"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": [0, "8"]}, "expected two non-negative integers"),
+    ({"dtype": "F32", "shape": [2], "data_offsets": 8}, "expected two non-negative integers"),
+    ({"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}, "expected one of"),
+])
+def test_refuses_safetensors_header_entries_of_the_wrong_type(small_checkpoint, entry, message):
+    write_raw_safetensors(small_checkpoint / "model.safetensors", {"model.norm.weight": entry})
+    with pytest.raises(ValueError, match=r"'model\.norm\.weight' in model\.safetensors.*" + message):
+        Gemma.from_pretrained(str(small_checkpoint))
+    write_raw_safetensors(small_checkpoint / "model.safetensors", [1, 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        Gemma.from_pretrained(str(small_checkpoint))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_refuses_non_finite_weights(small_checkpoint, bad, dtype):
+    def poison(t):
+        t["model.layers.1.mlp.up_proj.weight"] = t["model.layers.1.mlp.up_proj.weight"].to(dtype)
+        t["model.layers.1.mlp.up_proj.weight"][3, 5] = bad
+    rewrite(small_checkpoint / "model.safetensors", poison)
+    with pytest.raises(ValueError, match=r"'model\.layers\.1\.mlp\.up_proj\.weight' in model\.safetensors holds NaN"):
+        Gemma.from_pretrained(str(small_checkpoint))

@@ -1,0 +1,276 @@
+"""
+The Hugging Face files of a Gemma checkpoint, for gemma.py: config.json read (every field type-checked) and written
+for each generation; safetensors read by hand, one tensor at a time, every header field checked; Gemma's SentencePiece
+tokenizer and the padding helper. gemma.py re-exports Tokenizer, pad and read_safetensors_header, so callers keep
+importing them from there.
+
+safetensors layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, then
+the raw little-endian data. Read by hand (not mmap) so that each tensor goes straight into its parameter.
+"""
+import json
+import math
+import os
+import stat
+
+import numpy as np
+import torch
+
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _regular_file(path):
+    """True for an existing regular file (following no FIFO, device or folder); a FIFO would block a reader."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def shard_files(path):
+    """The *.safetensors shards of a checkpoint folder: those the index names, or every one in the folder."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+            names = list(dict.fromkeys(weight_map.values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index ({type(e).__name__})") from None
+        for name in names:  # plain file names inside the folder: never a path that leaves it, nor a subfolder
+            if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", "..") \
+                    or "\\" in name or "\0" in name:
+                raise ValueError(f"{index} names a shard that is not a plain file name inside {path} "
+                                 "(shards must sit next to the index)")
+        shards = [os.path.join(path, name) for name in names]
+        for shard in shards:
+            if not os.path.lexists(shard):
+                raise FileNotFoundError(f"{index} lists shard {os.path.basename(shard)}, which is not in {path}")
+            if not _regular_file(shard):
+                raise ValueError(f"{index} lists shard {os.path.basename(shard)}, which is not a regular file")
+        return shards
+    shards = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no *.safetensors file in {path} (found: {', '.join(sorted(os.listdir(path)))})")
+    for shard in shards:
+        if not _regular_file(shard):
+            raise ValueError(f"{shard} is not a regular file")
+    return shards
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def read_safetensors_header(path):
+    """Returns ({name: {dtype, shape, data_offsets}}, data start) after checking the file can hold every tensor."""
+    name = os.path.basename(path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n > size - 8:
+            raise ValueError(f"{path} is not a readable safetensors file (header length {n}, file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a readable safetensors file (bad header: {e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + n, size - 8 - n
+    for key, entry in header.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"'{key}' in {name} has a header entry that is not a JSON object")
+        if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
+            raise ValueError(f"'{key}' in {name} has dtype {json.dumps(entry.get('dtype'))[:20]}; "
+                             f"expected one of {', '.join(DTYPES)}")
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+            raise ValueError(f"'{key}' in {name} has shape {json.dumps(shape)[:40]}; "
+                             "expected a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
+            raise ValueError(f"'{key}' in {name} has data_offsets {json.dumps(offsets)[:40]}; "
+                             "expected two non-negative integers")
+        begin, end = offsets
+        if end - begin != math.prod(shape) * DTYPES[entry["dtype"]].itemsize:
+            raise ValueError(f"'{key}' in {name}: data_offsets {begin}..{end} do not match shape {shape}")
+        if end > data_size:
+            raise ValueError(f"{path} is truncated: '{key}' ends at byte {end} of the data, "
+                             f"but the file holds only {data_size} bytes of data (re-download it)")
+    return header, data_start
+
+
+# NaN and Inf are the floats whose exponent bits are all ones: (unsigned view, exponent mask)
+EXPONENT = {torch.bfloat16: (np.uint16, 0x7F80), torch.float16: (np.uint16, 0x7C00),
+            torch.float32: (np.uint32, 0x7F800000), torch.float64: (np.uint64, 0x7FF0000000000000)}
+
+
+def _finite(buf):
+    """No NaN or Inf in buf, checked on its bits with numpy a chunk at a time: no copy of the tensor, and no thread
+    pool or kernel that torch would start for its first isfinite (tens of MB of memory while loading)."""
+    kind, mask = EXPONENT[buf.dtype]
+    bits = buf.view(-1).view(torch.uint8).numpy().view(kind)
+    return not any(((bits[i:i + (1 << 20)] & kind(mask)) == mask).any() for i in range(0, len(bits), 1 << 20))
+
+
+def read_tensor(f, path, key, entry, data_start, dtype, device):
+    """One tensor of an open shard, straight into dtype on device; refuses NaN or Inf (a corrupt or diverged file)."""
+    file_dtype, shape = DTYPES[entry["dtype"]], entry["shape"]
+    direct = file_dtype == dtype and torch.device(device).type == "cpu"
+    buf = torch.empty(shape, dtype=file_dtype)  # the parameter itself when no conversion is needed
+    f.seek(data_start + entry["data_offsets"][0])
+    if f.readinto(buf.view(-1).view(torch.uint8).numpy()) != buf.numel() * buf.itemsize:
+        raise ValueError(f"{path} ended while reading '{key}' (truncated file?)")
+    if not _finite(buf):
+        raise ValueError(f"'{key}' in {os.path.basename(path)} holds NaN or Inf values: the checkpoint is corrupt")
+    return buf if direct else buf.to(device=device, dtype=dtype)
+
+
+# -----------------------------------------------------------------------------
+# config.json: Hugging Face's names are GemmaConfig's field names
+
+SLIDING, FULL = "sliding_attention", "full_attention"  # Hugging Face's layer_types values
+REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim")
+HF_KEYS = REQUIRED + ("rms_norm_eps", "rope_theta", "max_position_embeddings", "pad_token_id", "eos_token_id",
+                      "bos_token_id", "query_pre_attn_scalar", "sliding_window", "rope_local_base_freq",
+                      "attn_logit_softcapping", "final_logit_softcapping")
+V1_KEYS = REQUIRED + HF_KEYS[7:13]  # Gemma v1 has no query scalar, window, local RoPE base or soft-capping
+GEMMA3_TEXT_DEFAULTS = dict(  # transformers' Gemma3TextConfig defaults, which a gemma3 config.json leaves out
+    vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1e6,
+    query_pre_attn_scalar=256, sliding_window=4096, rope_local_base_freq=10000.0, pad_token_id=0, eos_token_id=1,
+    bos_token_id=2)
+
+
+def read_config(path):
+    """config.json (model_type gemma, gemma2, gemma3_text, or gemma3's text_config) -> GemmaConfig's fields."""
+    try:
+        with open(path) as f:
+            hf = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: a checkpoint folder needs the model's config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{path} should hold a JSON object, found {type(hf).__name__}")
+    kind = hf.get("model_type", "gemma")
+    if kind == "gemma3":  # the multimodal config: its text part, where keys equal to the defaults are left out
+        text = hf.get("text_config") or {}
+        if not isinstance(text, dict):
+            raise ValueError(f"{path}: 'text_config' should be a JSON object, found {type(text).__name__}")
+        hf, kind = {**GEMMA3_TEXT_DEFAULTS, **text}, "gemma3_text"
+    if kind not in ("gemma", "gemma2", "gemma3_text"):
+        raise ValueError(f"{path} describes a {str(kind)[:40]!r} model; gemma.py implements Gemma v1, 2 and 3 "
+                         "(model_type 'gemma', 'gemma2', 'gemma3_text' or 'gemma3')")
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(f"{path} asks for bidirectional attention (an embedding model), which gemma.py lacks")
+    # The hub config says hidden_act "gelu" (exact GELU in transformers' table), but Gemma was trained with the
+    # tanh approximation, which is what gemma.py always uses; see its docstring.
+    values = {k: _typed(hf, k, path, k in REQUIRED) for k in (V1_KEYS if kind == "gemma" else HF_KEYS)}
+    values = {k: v for k, v in values.items() if v is not None}
+    if values["num_attention_heads"] % values["num_key_value_heads"]:
+        raise ValueError(f"{path}: num_key_value_heads {values['num_key_value_heads']} does not divide "
+                         f"num_attention_heads {values['num_attention_heads']}")
+    if kind == "gemma":
+        return values
+    values.update(sandwich_norms=True, qk_norm=kind == "gemma3_text")
+    L, types = values["num_hidden_layers"], hf.get("layer_types")
+    if types is None:  # older configs: Gemma 2 alternates from a sliding layer 0, Gemma 3 repeats a pattern
+        every = 2 if kind == "gemma2" else _typed(hf, "sliding_window_pattern", path) or 6
+        types = [FULL if (i + 1) % every == 0 else SLIDING for i in range(L)]
+    if not isinstance(types, list) or len(types) != L or not set(types) <= {SLIDING, FULL}:
+        raise ValueError(f"{path}: 'layer_types' should list {L} entries, each '{SLIDING}' or '{FULL}'")
+    values["layer_types"] = tuple(types)
+    values.setdefault("query_pre_attn_scalar", 256.0)  # transformers' default for both
+    if SLIDING in types and "sliding_window" not in values:
+        raise ValueError(f"{path} has sliding layers but no 'sliding_window'")
+    scaling = hf.get("rope_scaling")
+    if scaling is not None:  # Gemma 3 4b and up: positions / factor on the full-attention layers
+        if not (isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "linear"
+                and _is_number(scaling.get("factor")) and scaling["factor"] > 0):
+            raise ValueError(f"{path}: 'rope_scaling' {str(scaling)[:60]} is not supported (only linear scaling)")
+        values["rope_scaling_factor"] = float(scaling["factor"])
+    return values
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _typed(hf, key, path, required=False):
+    """hf[key] as the type the field needs (None if absent), or one sentence naming the key and what was expected."""
+    value = hf.get(key)
+    if key.endswith("token_id") and isinstance(value, list) and value:  # several eos ids: the first is the main one
+        value = value[0]
+    if value is None:
+        if required:
+            raise ValueError(f"{path} has no '{key}', which a Gemma config must give")
+        return None
+    want = int if key in REQUIRED or key in ("max_position_embeddings", "sliding_window", "sliding_window_pattern") \
+        or key.endswith("token_id") else float
+    if not _is_number(value) or (want is int and not isinstance(value, int)):
+        kind = "an integer" if want is int else "a number"
+        raise ValueError(f"{path}: '{key}' is {json.dumps(value)[:40]} in JSON; expected {kind}")
+    if not (value > 0 or key.endswith("token_id") and value >= 0):
+        raise ValueError(f"{path}: '{key}' is {value}; expected a positive number")
+    return want(value)
+
+
+def hf_config(cfg):
+    """GemmaConfig -> the config.json that transformers reads as the same generation."""
+    arch = {"gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+    hf = {k: getattr(cfg, k) for k in (V1_KEYS if cfg.model_type == "gemma" else HF_KEYS)}
+    if cfg.model_type != "gemma":
+        hf["layer_types"] = list(cfg.layer_types or [FULL] * cfg.num_hidden_layers)
+    if cfg.rope_scaling_factor != 1.0:
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": cfg.rope_scaling_factor}
+    return {"model_type": cfg.model_type, "architectures": [arch[cfg.model_type]], "tie_word_embeddings": True,
+            "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", **hf}
+
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+
+class Tokenizer:
+    """SentencePiece tokenizer.model of Gemma: <pad>=0, <eos>=1, <bos>=2; BOS added by default, EOS never."""
+
+    def __init__(self, path):
+        import sentencepiece as spm  # imported here so that the model code runs without it
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: expected a SentencePiece tokenizer.model")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=path)
+        except Exception as e:  # sentencepiece raises OSError or RuntimeError, depending on the version
+            raise ValueError(f"{path} is not a SentencePiece model ({e})") from None
+        self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
+        self.vocab_size = self.sp.vocab_size()
+
+    def encode(self, text, bos=True):
+        return ([self.bos_id] if bos else []) + self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode([i for i in ids if i not in (self.bos_id, self.pad_id)])
+
+    def batch(self, texts, max_len=None, padding_side="right", truncation_side="right", bos=True):
+        """Encodes, truncates each row to max_len tokens and pads: returns input_ids and attention_mask (B, T).
+        truncation_side "left" keeps the end of each text (for a reward model, the response)."""
+        assert truncation_side in ("left", "right"), f"truncation side must be 'left' or 'right', got {truncation_side!r}"
+        rows = [self.sp.encode(t) for t in texts]
+        if max_len is not None:  # truncate the text, never the <bos> in front of it
+            n = max_len - bos
+            rows = [r[:n] if truncation_side == "right" else r[max(len(r) - n, 0):] for r in rows]
+        rows = [[self.bos_id] * bos + r for r in rows]
+        return pad(rows, self.pad_id if self.pad_id >= 0 else 0, padding_side)
+
+
+def pad(rows, pad_id=0, side="right"):
+    """Lists of ids -> input_ids, attention_mask (B, T) as LongTensors, padded on the given side."""
+    assert side in ("left", "right"), f"padding side must be 'left' or 'right', got {side!r}"
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(0, len(r)) if side == "right" else slice(T - len(r), T)
+        ids[i, span], mask[i, span] = torch.tensor(r, dtype=torch.long), 1
+    return ids, mask
