@@ -422,8 +422,13 @@ class Gemma(nn.Module):
 # -----------------------------------------------------------------------------
 
 if __name__ == "__main__":  # check a download: python gemma.py checkpoints/gemma-2b --prompt "The capital of France is"
+    import sys
+    if sys.argv[1:2] in (["convert"], ["fetch"]):  # python gemma.py convert FILE.gguf OUT_DIR | fetch gemma-3-270m
+        import convert
+        sys.exit(convert.main(sys.argv[1:]))
     import argparse
-    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with a Gemma checkpoint folder.")
+    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with a Gemma checkpoint folder. "
+                                "Also: `python gemma.py convert FILE.gguf OUT_DIR`, `python gemma.py fetch gemma-3-270m`.")
     p.add_argument("path", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model)")
     p.add_argument("--prompt", default="The capital of France is")
     p.add_argument("--tokens", type=int, default=16, help="how many tokens to generate at most")
