@@ -14,7 +14,6 @@ import xstest
 from gemma import Gemma, GemmaConfig, pad
 from lora import LoRALinear, add_lora, load_adapter
 
-needs_generate = pytest.mark.skipif(not hasattr(gemma.Gemma, "generate"), reason="TEMPORARY until generate lands")
 
 # -----------------------------------------------------------------------------
 # PPO arithmetic against hand-computed values
@@ -210,7 +209,6 @@ def test_plot_reads_run_folders(tmp_path):
 # with generation
 
 
-@needs_generate
 def test_sampled_tokens_are_the_teacher_forced_argmax(policy):
     # greedy generation (KV cache, left padding) picks, at every step, the argmax of what teacher forcing computes
     randomise(policy.gemma)
@@ -225,7 +223,6 @@ def test_sampled_tokens_are_the_teacher_forced_argmax(policy):
     assert torch.allclose(logp, best.values, atol=1e-5)  # the rollout's log-probs are those of the chosen tokens
 
 
-@needs_generate
 def test_two_generations_of_the_whole_loop(tmp_path):
     out = str(tmp_path / "run")
     s = rlhf.main(["--model", "tiny", "--method", "dial", "--generations", "2", "--max-prompts", "16",
