@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import gemma
 import ppo
 import rlhf
 import xstest
