@@ -114,12 +114,12 @@ def clear_stale(folder):
 def start_fresh(folder):
     """A fresh run in folder: refused if the folder holds a run that trained (it would be lost: --resume it instead);
     otherwise the files of an earlier attempt that never saved a state are removed, and only those (RUN_FILES)."""
-    if os.path.exists(os.path.join(folder, STATE)) or os.path.exists(os.path.join(folder, "summary.json")):
-        raise FileExistsError(f"{folder} already holds a run: continue it with `python train.py --out {folder} "
-                              "--resume`, or choose another --out")
     if os.path.exists(os.path.join(folder, "state.pt")):
         raise FileExistsError(f"{folder} holds a state.pt, a pickle from an older version of train.py, which is never "
                               "loaded (unpickling can run any code); choose another --out")
+    if os.path.exists(os.path.join(folder, STATE)) or os.path.exists(os.path.join(folder, "summary.json")):
+        raise FileExistsError(f"{folder} already holds a run: continue it with `{resume_command(folder)}`, or choose "
+                              "another --out")
     clear_stale(folder)
     for name in RUN_FILES:
         remove(os.path.join(folder, name))

@@ -101,7 +101,7 @@ def parse_args(argv=None):
 
 
 # the checks of every numeric flag: (flags, test, what the flag must be)
-FINITE = lambda v: math.isfinite(v)  # noqa: E731
+FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
             "eval_rows"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
@@ -409,8 +409,13 @@ def _run(cfg, task, resume, stop):
             micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
                                                     [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
                                     device) for k in range(A)]
-            logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
-                                   gather_rows if n_proc > 1 else None)
+            try:
+                logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
+                                       gather_rows if n_proc > 1 else None)
+            except RuntimeError as e:  # AdamW's lr / (1 - beta1^t) overflows float32 for a huge --lr
+                if "overflow" not in str(e):
+                    raise
+                raise FloatingPointError(diverged(f"the update overflowed ({str(e).splitlines()[0]})")) from None
             logs = mean_over_processes(logs, device)  # the global batch's numbers, the same in every process
             if not all(math.isfinite(v) for v in logs.values()):
                 raise FloatingPointError(diverged(f"the loss became {logs['loss']} ({logs})"))
