@@ -37,6 +37,17 @@ def base(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A small custom odd-one-out task (40 source and target questions, 8 for evaluation): cheap to tokenise."""
+    d = tmp_path_factory.mktemp("files")
+    for name, rows in (("src.jsonl", data.oddoneout_rows("desserts", "train", n=40)),
+                       ("tgt.jsonl", data.oddoneout_rows("fruits", "train", n=40)),
+                       ("eval.jsonl", data.oddoneout_rows("fruits", "val", n=8))):
+        (d / name).write_text("\n".join(json.dumps(r) for r in rows))
+    return d
+
+
 def result(out):
     """Everything a run leaves that must not depend on how it got there: weights, optimiser, best, logs, summary."""
     state = runfolder.read_state(os.path.join(out, runfolder.STATE))
@@ -203,8 +214,9 @@ class Killed(BaseException):
     """The process dies here (no except clause of the program catches it)."""
 
 
-def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, monkeypatch):
-    argv = ["--model", base, "--max-steps", "2", "--eval-every", "1", *SMALL]
+def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, small, monkeypatch):
+    argv = ["--model", base, "--max-steps", "2", "--eval-every", "2", *SMALL, "--task", "custom", "--source",
+            str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval", str(small / "eval.jsonl")]
     train.main(["--out", str(tmp_path / "straight"), *argv])
     expected = result(str(tmp_path / "straight"))
     real_replace, real_open_log = os.replace, runfolder.open_log
@@ -231,7 +243,7 @@ def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, m
     monkeypatch.setattr(runfolder, "open_log", lambda *a: Log(real_open_log(*a)))
     train.main(["--out", str(tmp_path / "count"), *argv])
     n = counter["points"]
-    assert n >= 12  # config, fresh log, state 0, and per step: log lines, adapter, critic, state; summary
+    assert n >= 14  # config, fresh log, state 0, log lines, adapter (2 files), critic, state, again at the end, summary
     for k in range(1, n + 1):
         out = str(tmp_path / f"kill{k}")
         counter["left"] = k
@@ -261,12 +273,16 @@ def test_a_kill_while_base_is_built_heals(tmp_path, monkeypatch):
     assert train.main(argv)["steps"] == 1 and os.path.isfile(os.path.join(out, "base", "model.safetensors"))
 
 
-def test_sigterm_saves_and_resumes(tmp_path, base):
-    out, argv = str(tmp_path / "run"), ["--model", base, "--max-steps", "100000", "--eval-every", "100000", *SMALL]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
-    p = subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), "--out", out, *argv], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = os.path.join(out, "metrics.jsonl")
+def test_sigterm_saves_and_resumes(tmp_path, base, small):
+    """SIGTERM at whatever step the run is in (the outcome may not depend on it): saved, resumable, the same result."""
+    argv = ["--model", base, "--max-steps", "100000", "--eval-every", "100000", *SMALL, "--task", "custom",
+            "--source", str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval",
+            str(small / "eval.jsonl")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}  # every part of the comparison: one thread
+    command = [sys.executable, os.path.join(REPO, "train.py")]
+    out, log = str(tmp_path / "run"), str(tmp_path / "run" / "metrics.jsonl")
+    p = subprocess.Popen([*command, "--out", out, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 2):
         time.sleep(0.2)
@@ -275,9 +291,10 @@ def test_sigterm_saves_and_resumes(tmp_path, base):
     assert p.returncode == 1 and f"continue with `python train.py --out {out} --resume`" in err, err[-2000:]
     stopped = runfolder.read_state(os.path.join(out, runfolder.STATE))["step"]
     assert stopped >= 2 and open(log).read().count("\n") == stopped
-    train.main(["--out", out, "--resume", "--max-steps", str(stopped + 1)])
+    subprocess.run([*command, "--out", out, "--resume", "--max-steps", str(stopped + 1)], env=env, check=True,
+                   capture_output=True)
     argv[argv.index("100000")] = str(stopped + 1)
-    train.main(["--out", str(tmp_path / "straight"), *argv])
+    subprocess.run([*command, "--out", str(tmp_path / "straight"), *argv], env=env, check=True, capture_output=True)
     same(result(out), result(str(tmp_path / "straight")))
 
 
