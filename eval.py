@@ -209,6 +209,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
+        runfolder.check_device(args.device)
         if args.table:
             print(table(args.table))
             return

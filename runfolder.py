@@ -206,6 +206,18 @@ class Stop:
         return bool(flag.item())
 
 
+def check_device(device):
+    """--device: cpu, cuda or cuda:N that this machine has; one sentence otherwise."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device; expected cpu, cuda or cuda:N") from None
+    if d.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: only cpu and cuda (cuda:N) are supported")
+    if d.type == "cuda" and not (torch.cuda.is_available() and (d.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 # -----------------------------------------------------------------------------
 # finite or nothing
 

@@ -1,14 +1,17 @@
 """
 Train a reward model with DIAL or a baseline on one task of the paper, and evaluate it.
 
-    python train.py                                          # offline demo, CPU, a few minutes (see demo())
+    python train.py                                          # offline demo, CPU, a few minutes (demo.py)
     python train.py --task legaladvice-ko --method dial      # the paper's run: Gemma-2b, LoRA 64, a GPU
     python train.py --task oddoneout-desserts-fruits --method src-pref --model tiny --max-steps 50
+    python train.py --out RUN --resume                       # continue an interrupted run (Ctrl-C, SIGTERM, a kill)
 
-One run = one folder (default runs/<task>/<method>/seed<S>): config.json (every setting, resolved), metrics.jsonl
-(training logs and evaluations), adapter/ (the best checkpoint on validation, a PEFT adapter with the reward head as
-`score`, and critic.safetensors beside it), state.pt (everything --resume needs), summary.json (best validation and
-its test metrics). With --model tiny the random base model and its tokenizer are saved in base/.
+One run = one folder (default runs/<task>/<method>/seed<S>), owned by one process; runfolder.py describes its files
+(config.json, metrics.jsonl, adapter/, state.safetensors, summary.json, base/ for --model tiny) and how each is
+written whole or not at all. --resume rebuilds the run from its own config.json: a flag given with it must agree
+with the run, except --max-steps, --device and --lr (a deliberate change, recorded in config.json), and data that
+changed since the run started is refused. Training is finite or stops: a non-finite loss or weight ends the run
+without saving that step.
 
 The loop is the paper's: each step takes B_src source and B_tgt target examples (the smaller domain cycles), packs
 them into one backbone input (data.py), and calls dial.train_step; evaluation on validation every --eval-every steps
@@ -120,14 +123,7 @@ def check(cfg):
                 raise ValueError(f"--{key.replace('_', '-')} must be {what}, got {cfg[key]}")
     if None not in (cfg["batch_src"], cfg["batch_tgt"]) and (cfg["batch_src"] % cfg["accum"] or cfg["batch_tgt"] % cfg["accum"]):
         raise ValueError(f"--accum {cfg['accum']} must divide the batch sizes ({cfg['batch_src']}, {cfg['batch_tgt']})")
-    try:
-        device = torch.device(cfg["device"])
-    except RuntimeError:
-        raise ValueError(f"--device {cfg['device']!r} is not a device; expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {cfg['device']!r}: only cpu and cuda (cuda:N) are supported")
-    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
-        raise ValueError(f"--device {cfg['device']}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    runfolder.check_device(cfg["device"])
 
 
 def resolve(args):
