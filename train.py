@@ -297,11 +297,11 @@ def mean_over_processes(logs, device):
 # the run
 
 
-def run(cfg, task, resume=False):
+def run(cfg, task, resume=False, stop=None):
     """Trains, evaluates and writes the run folder (process 0 alone writes, holding the folder's lock); returns the
-    summary."""
+    summary. stop: a runfolder.Stop already listening for signals (main's, from before the data is read), or None."""
     owner = runfolder.owned(cfg["out"]) if world()[0] == 0 else contextlib.nullcontext()
-    with owner, runfolder.Stop() as stop:
+    with owner, (contextlib.nullcontext(stop) if stop else runfolder.Stop()) as stop:
         try:
             return _run(cfg, task, resume, stop)
         except KeyboardInterrupt:
@@ -460,8 +460,9 @@ def main(argv=None):
             check(vars(args))
             from demo import demo  # the offline demo: its own file, which imports this one
             return demo(device=args.device)
-        cfg, task = resumed(args) if args.resume else resolve(args)
-        return run(cfg, task, args.resume)
+        with runfolder.Stop() as stop:  # a signal while the data loads: the run stops at its first step boundary
+            cfg, task = resumed(args) if args.resume else resolve(args)
+            return run(cfg, task, args.resume, stop)
 
 
 if __name__ == "__main__":
