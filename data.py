@@ -73,6 +73,8 @@ def _show(value, n=40):
 
 def _read_json(path):
     """The rows of a JSON list or JSON lines file, and for each row a 'file, row N' string for error messages."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: expected a JSON list or JSON lines file of rows")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist (expected a JSON list or JSON lines file of rows)")
     try:

@@ -15,33 +15,43 @@ import torch.distributed as dist
 
 import data
 import dial
-from gemma import Gemma, Tokenizer
+import runfolder
 from lora import load_adapter
 
 
 def pairwise_accuracy(r_chosen, r_rejected):
-    """Fraction of pairs where the chosen response gets the higher reward; ties count half."""
+    """Fraction of pairs where the chosen response gets the higher reward; ties count half; a pair with a non-finite
+    reward counts as a failure (0), never as a win or a tie."""
     r_chosen, r_rejected = np.asarray(r_chosen, dtype=np.float64), np.asarray(r_rejected, dtype=np.float64)
-    return float(np.mean((r_chosen > r_rejected) + 0.5 * (r_chosen == r_rejected)))
+    ok = np.isfinite(r_chosen) & np.isfinite(r_rejected)
+    return float(np.mean(ok * ((r_chosen > r_rejected) + 0.5 * (r_chosen == r_rejected))))
 
 
 def mcq_accuracy(r_correct, r_wrong):
     """r_correct (N,), r_wrong (N, K): fraction of questions whose correct answer gets the strictly highest reward;
-    a tie for the top among m answers counts 1/m (the expected score of breaking ties at random)."""
+    a tie for the top among m answers counts 1/m (the expected score of breaking ties at random); a question with a
+    non-finite reward among its answers counts 0 (NaN compares false with everything, so it would look like a win)."""
     r_correct, r_wrong = np.asarray(r_correct, dtype=np.float64), np.asarray(r_wrong, dtype=np.float64)
+    ok = np.isfinite(r_correct) & np.isfinite(r_wrong).all(1)
     above = (r_wrong > r_correct[:, None]).sum(1)
     tied = (r_wrong == r_correct[:, None]).sum(1)
-    return float(np.mean((above == 0) / (1 + tied)))
+    return float(np.mean(ok * (above == 0) / (1 + tied)))
 
 
 def mcq_rank(r_correct, r_wrong):
-    """Mean rank of the correct answer among K + 1 (0 = best; ties take the average of the ranks they span)."""
+    """Mean rank of the correct answer among K + 1 (0 = best; ties take the average of the ranks they span); a
+    question with a non-finite reward ranks its correct answer last (K)."""
     r_correct, r_wrong = np.asarray(r_correct, dtype=np.float64), np.asarray(r_wrong, dtype=np.float64)
-    return float(np.mean((r_wrong > r_correct[:, None]).sum(1) + 0.5 * (r_wrong == r_correct[:, None]).sum(1)))
+    ok = np.isfinite(r_correct) & np.isfinite(r_wrong).all(1)
+    rank = (r_wrong > r_correct[:, None]).sum(1) + 0.5 * (r_wrong == r_correct[:, None]).sum(1)
+    return float(np.mean(np.where(ok, rank, r_wrong.shape[1])))
 
 
 def pearson(x, y):
+    """NaN when any value is not finite: a correlation with a broken reward is undefined, and NaN is never a best."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return float("nan")
     x, y = x - x.mean(), y - y.mean()
     return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum()))
 
@@ -60,6 +70,8 @@ def ranks(x):
 
 
 def spearman(x, y):
+    if not (np.isfinite(np.asarray(x, dtype=np.float64)).all() and np.isfinite(np.asarray(y, dtype=np.float64)).all()):
+        return float("nan")  # ranks would put NaN last and give a number
     return pearson(ranks(x), ranks(y))
 
 
@@ -92,38 +104,51 @@ def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
     """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
     {"pearson", "spearman"} between reward and score for scored texts; for rated texts ("rated": scores rows with a
     mean human rating) {"acc"} on the pairs data.score_pairs makes of their scores, and "pearson", "spearman" between
-    reward and rating."""
+    reward and rating. A non-finite reward is a failure in every metric (see the metrics above), and the number of
+    such rewards is reported as "non_finite"."""
     r = rewards(model, examples, batch_size, device)
+    bad = {"non_finite": int((~np.isfinite(r)).sum())} if not np.isfinite(r).all() else {}
     if metric == "pairwise":
         r = r.reshape(-1, 2)  # chosen, rejected
-        return {"acc": pairwise_accuracy(r[:, 0], r[:, 1])}
+        return {"acc": pairwise_accuracy(r[:, 0], r[:, 1]), **bad}
     if metric == "mcq":
         r = r.reshape(len(examples), -1)  # correct, then the wrong answers
-        return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:])}
+        return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:]), **bad}
     if metric == "rated":
         chosen, rejected = np.array(data.score_pairs([row["label"] for row in rows])).T
         ratings = [row["rating"] for row in rows]
         return {"acc": pairwise_accuracy(r[chosen], r[rejected]), "pearson": pearson(r, ratings),
-                "spearman": spearman(r, ratings)}
+                "spearman": spearman(r, ratings), **bad}
     labels = [row["label"] for row in rows]
-    return {"pearson": pearson(r, labels), "spearman": spearman(r, labels)}
+    return {"pearson": pearson(r, labels), "spearman": spearman(r, labels), **bad}
 
 
 def load_reward_model(run_dir, device="cpu"):
     """A trained run's reward model (base model + its best adapter, reward head and critic) and tokenizer."""
     from safetensors.torch import load_file
-    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run folder of train.py (it has no config.json)")
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = json.load(f)
+    cfg = runfolder.read_json(path, "the config of a train.py run")
+    for key, types in (("model", str), ("critic_act", str), ("task", str), ("data_dir", str), ("data_seed", int),
+                       ("max_len", int), ("separator", str), ("eval_batch", int), ("eval_rows", (int, type(None))),
+                       ("source", (str, type(None))), ("target", (str, type(None))), ("eval", (str, type(None)))):
+        if not isinstance(cfg.get(key), types) or isinstance(cfg.get(key), bool):
+            raise ValueError(f"{path}: field '{key}' is {cfg.get(key)!r:.60}, not what train.py writes there")
     folder = os.path.join(run_dir, "base") if cfg["model"] == "tiny" else cfg["model"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    gemma = Gemma.from_pretrained(folder, dtype=dtype, device=device)
+    gemma, tok = runfolder.load_base(folder, dtype, device)
     model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
     model.head.to(device), model.critic.to(device)
     load_adapter(gemma, os.path.join(run_dir, "adapter"), modules_to_save={"score": model.head})
-    model.critic.load_state_dict(load_file(os.path.join(run_dir, "adapter", "critic.safetensors")))
-    return model, Tokenizer(os.path.join(folder, "tokenizer.model")), cfg
+    critic_path = os.path.join(run_dir, "adapter", "critic.safetensors")
+    try:
+        critic = load_file(critic_path)
+        model.critic.load_state_dict(critic)
+    except Exception as e:  # missing, truncated, or of another shape
+        raise ValueError(f"{critic_path} cannot be loaded as this run's critic ({str(e).splitlines()[0][:200]})") from None
+    runfolder.check_finite(critic, critic_path)
+    return model, tok, cfg
 
 
 # -----------------------------------------------------------------------------
@@ -135,9 +160,16 @@ def table(runs_dir):
     results = {}  # (task, method) -> [test metric per seed]
     for here, _, files in sorted(os.walk(runs_dir)):
         if "summary.json" in files:
-            with open(os.path.join(here, "summary.json")) as f:
-                s = json.load(f)
-            results.setdefault((s["task"], s["method"]), []).append(s["test"][s["metric"]])
+            path = os.path.join(here, "summary.json")
+            s = runfolder.read_json(path, "the summary of a train.py run")
+            try:
+                key, value = (s["task"], s["method"]), s["test"][s["metric"]]
+                if not isinstance(value, (int, float)) or not isinstance(key[0], str) or not isinstance(key[1], str):
+                    raise TypeError
+            except (KeyError, TypeError):
+                raise ValueError(f"{path} lacks its task, method, metric or test result (expected the summary.json "
+                                 "that train.py writes at the end of a run)") from None
+            results.setdefault(key, []).append(value)
     if not results:
         raise FileNotFoundError(f"no summary.json below {runs_dir}: no finished run to tabulate")
     tasks = sorted({t for t, _ in results})
@@ -184,6 +216,7 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
+        runfolder.check_device(args.device)
         if args.table:
             print(table(args.table))
             return

@@ -154,12 +154,13 @@ def save_adapter(model, path, modules_to_save=None, base_model_name_or_path="goo
         "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
     }
     os.makedirs(path, exist_ok=True)
-    # write to temporary names, then rename: an interrupted save never leaves a half-written adapter behind
-    save_file(tensors, os.path.join(path, "adapter_model.safetensors.tmp"), metadata={"format": "pt"})
-    with open(os.path.join(path, "adapter_config.json.tmp"), "w") as f:
+    # write to temporary names of this process, then rename: an interrupted save never leaves a half-written file
+    tmp = f".tmp-{os.getpid()}"
+    save_file(tensors, os.path.join(path, "adapter_model.safetensors" + tmp), metadata={"format": "pt"})
+    with open(os.path.join(path, "adapter_config.json" + tmp), "w") as f:
         json.dump(config, f, indent=2)
     for name in ("adapter_model.safetensors", "adapter_config.json"):
-        os.replace(os.path.join(path, name + ".tmp"), os.path.join(path, name))
+        os.replace(os.path.join(path, name + tmp), os.path.join(path, name))
 
 
 def load_adapter(model, path, modules_to_save=None):
@@ -169,8 +170,13 @@ def load_adapter(model, path, modules_to_save=None):
     config_path = os.path.join(path, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path} does not exist: expected a PEFT adapter folder")
-    with open(config_path) as f:
-        cfg = json.load(f)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{config_path} holds {type(cfg).__name__}, expected a JSON object")
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type is {cfg.get('peft_type')!r}, only 'LORA' adapters are supported")
     for key, plain in (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"), ("rank_pattern", {}),
@@ -178,11 +184,24 @@ def load_adapter(model, path, modules_to_save=None):
         if cfg.get(key, plain) not in (plain, None):
             raise ValueError(f"{config_path}: {key}={cfg[key]!r} is not supported (only {key}={plain!r})")
     r, alpha, targets = cfg.get("r", 8), cfg.get("lora_alpha", 8), cfg.get("target_modules")
-    if not targets:
-        raise ValueError(f"{config_path} names no target_modules")
+    dropout, rslora = cfg.get("lora_dropout", 0.0), cfg.get("use_rslora", False)
+    if isinstance(targets, str):  # PEFT reads a string as a regex: from a file, one could hang us, so not accepted
+        raise ValueError(f"{config_path}: target_modules is the string {targets[:60]!r}, which PEFT reads as a regular "
+                         "expression; only a list of module names (e.g. [\"q_proj\", \"v_proj\"]) is supported")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ValueError(f"{config_path}: target_modules must be a non-empty list of module names, got {targets!r:.80}")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not (isinstance(r, int) and not isinstance(r, bool) and r >= 1):
+        raise ValueError(f"{config_path}: r must be a positive integer, got {r!r}")
+    if not (number(alpha) and alpha > 0):
+        raise ValueError(f"{config_path}: lora_alpha must be a positive number, got {alpha!r}")
+    if not (number(dropout) and 0 <= dropout < 1):
+        raise ValueError(f"{config_path}: lora_dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(rslora, bool):
+        raise ValueError(f"{config_path}: use_rslora must be true or false, got {rslora!r}")
     layers = _lora_layers(model)
     if not layers:
-        add_lora(model, r, alpha, cfg.get("lora_dropout", 0.0), targets, cfg.get("use_rslora", False), verbose=False)
+        add_lora(model, r, alpha, dropout, targets, rslora, verbose=False)
         layers = _lora_layers(model)
     else:
         if {m.r for m in layers.values()} != {r}:
@@ -193,7 +212,13 @@ def load_adapter(model, path, modules_to_save=None):
             raise ValueError(f"{path} targets {targets}, which does not match the model's LoRA layers "
                              f"({sorted({n.split('.')[-1] for n in layers})})")
     own = _adapter_tensors(layers, modules_to_save)  # checkpoint key -> the tensor it loads into
-    tensors = load_file(os.path.join(path, "adapter_model.safetensors"))
+    weights = os.path.join(path, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"{weights} does not exist: expected a PEFT adapter folder")
+    try:
+        tensors = load_file(weights)
+    except Exception as e:  # safetensors' own error type: a truncated or foreign file
+        raise ValueError(f"{weights} is not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
     unknown = sorted(set(tensors) - set(own))
     if unknown:
         hint = " (a trained module: pass modules_to_save={name: module})" if ".lora_" not in unknown[0] else ""
@@ -204,6 +229,8 @@ def load_adapter(model, path, modules_to_save=None):
     for key, value in tensors.items():  # every shape checked before anything is overwritten
         if value.shape != own[key].shape:
             raise ValueError(f"{path}: '{key}' has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ValueError(f"{path}: '{key}' holds NaN or Inf values")
     with torch.no_grad():
         for key, value in tensors.items():
             own[key].copy_(value)

@@ -1,20 +1,24 @@
 """
 Train a reward model with DIAL or a baseline on one task of the paper, and evaluate it.
 
-    python train.py                                          # offline demo, CPU, a few minutes (see demo())
+    python train.py                                          # offline demo, CPU, a few minutes (demo.py)
     python train.py --task legaladvice-ko --method dial      # the paper's run: Gemma-2b, LoRA 64, a GPU
     python train.py --task oddoneout-desserts-fruits --method src-pref --model tiny --max-steps 50
+    python train.py --out RUN --resume                       # continue an interrupted run (Ctrl-C, SIGTERM, a kill)
 
-One run = one folder (default runs/<task>/<method>/seed<S>): config.json (every setting, resolved), metrics.jsonl
-(training logs and evaluations), adapter/ (the best checkpoint on validation, a PEFT adapter with the reward head as
-`score`, and critic.safetensors beside it), state.pt (everything --resume needs), summary.json (best validation and
-its test metrics). With --model tiny the random base model and its tokenizer are saved in base/.
+One run = one folder (default runs/<task>/<method>/seed<S>), owned by one process; runfolder.py describes its files
+(config.json, metrics.jsonl, adapter/, state.safetensors, summary.json, base/ for --model tiny) and how each is
+written whole or not at all. --resume rebuilds the run from its own config.json: a flag given with it must agree
+with the run, except --max-steps, --device and --lr (a deliberate change, recorded in config.json), and data that
+changed since the run started is refused. Training is finite or stops: a non-finite loss or weight ends the run
+without saving that step.
 
 The loop is the paper's: each step takes B_src source and B_tgt target examples (the smaller domain cycles), packs
 them into one backbone input (data.py), and calls dial.train_step; evaluation on validation every --eval-every steps
 and at every epoch's end; the best validation checkpoint is evaluated on test at the end.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,15 +33,16 @@ from tqdm import tqdm
 
 import data
 import dial
+import runfolder
 from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
-from lora import add_lora, load_adapter, save_adapter
+from lora import add_lora
 
 # -----------------------------------------------------------------------------
 # the command line
 
 
-def parse_args(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
                                 epilog="tasks: " + ", ".join(data.TASKS))
     a = p.add_argument
@@ -83,14 +88,47 @@ def parse_args(argv=None):
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    """The flags, and in args.given the names of those given on the command line (resume compares only these)."""
+    args = parser().parse_args(argv)
+    q = parser()
+    for a in q._actions:
+        a.default = argparse.SUPPRESS  # a flag not given leaves no attribute
+    args.given = set(vars(q.parse_args(argv)))
     if args.resume and not args.out and not args.task:
-        p.error("--resume needs the run's --task (or --out)")
+        parser().error("--resume needs the run folder: --out RUN")
     return args
+
+
+# the checks of every numeric flag: (flags, test, what the flag must be)
+FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
+CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
+            "eval_rows"), lambda v: v >= 1, "at least 1"),
+          (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
+          (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
+           "a finite number, not negative"),
+          (("lora_dropout",), lambda v: FINITE(v) and 0 <= v < 1, "a number in [0, 1)"),
+          (("max_len",), lambda v: v >= 2, "at least 2 (<bos> and one response token)"),
+          (("seed", "data_seed"), lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
+          (("tiny_vocab",), lambda v: 260 <= v <= 2 ** 20, "in [260, 2**20] (256 bytes and 4 special pieces at least)"))
+
+
+def check(cfg):
+    for keys, ok, what in CHECKS:
+        for key in keys:
+            if cfg.get(key) is not None and not ok(cfg[key]):
+                raise ValueError(f"--{key.replace('_', '-')} must be {what}, got {cfg[key]}")
+    if None not in (cfg["batch_src"], cfg["batch_tgt"]) and (cfg["batch_src"] % cfg["accum"] or cfg["batch_tgt"] % cfg["accum"]):
+        raise ValueError(f"--accum {cfg['accum']} must divide the batch sizes ({cfg['batch_src']}, {cfg['batch_tgt']})")
+    runfolder.check_device(cfg["device"])
 
 
 def resolve(args):
     """Fills every default (the paper's value for this task) and returns (config dict, task)."""
+    check(vars(args))  # the flags given, before the defaults (which are good) fill the rest
     task = data.load_task(args.task, args.data_dir, args.source, args.target, args.eval, seed=args.data_seed)
     src_only = args.method == "src-pref"  # the paper's source-only baseline has its own batch size and schedule
     d = {k: task[k + "_src_only" if src_only and k + "_src_only" in task else k] for k in data.DEFAULTS}
@@ -103,18 +141,56 @@ def resolve(args):
     if cfg["model"] is None:
         cfg["model"] = "tiny" if task["family"] == "odd-one-out" else "checkpoints/gemma-2b"
     cfg["out"] = cfg["out"] or os.path.join("runs", args.task, args.method, f"seed{args.seed}")
+    for key in PATHS:  # absolute: --resume and eval.py find the files from any working directory
+        if cfg[key] is not None and cfg[key] != "tiny":
+            cfg[key] = os.path.abspath(cfg[key])
     cfg["files"] = task["files"]
-    for key in ("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch"):
-        if cfg[key] < 1:
-            raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
-    for key in ("lr", "critic_lr", "epochs", "max_len"):
-        if cfg[key] <= 0:
-            raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
-    for key in ("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"):
-        if cfg[key] < 0:
-            raise ValueError(f"--{key.replace('_', '-')} must not be negative, got {cfg[key]}")
-    if cfg["batch_src"] % cfg["accum"] or cfg["batch_tgt"] % cfg["accum"]:
-        raise ValueError(f"--accum {cfg['accum']} must divide the batch sizes ({cfg['batch_src']}, {cfg['batch_tgt']})")
+    cfg["data"] = {role: runfolder.fingerprint_rows(task[role]) for role in ("source", "target", "val", "test")}
+    del cfg["given"]
+    check(cfg)
+    return cfg, task
+
+
+CHANGE_ON_RESUME = ("out", "resume", "max_steps", "device", "lr")  # --lr: a deliberate override, logged
+PATHS = ("source", "target", "eval", "data_dir", "model")
+
+
+def resumed(args):
+    """(config, task) of the run in --out, rebuilt from its own config.json; a flag given today that differs from it
+    is refused (except CHANGE_ON_RESUME), and so is data that changed since the run started."""
+    out = args.out or os.path.join("runs", args.task, args.method, f"seed{args.seed}")
+    path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist")
+    saved = runfolder.read_json(path, "the config of a train.py run")
+    types = {a.dest: a.type or (bool if a.const is True else str) for a in parser()._actions if a.dest != "help"}
+    for key, t in types.items():
+        if key in ("resume", "out"):
+            continue
+        if key not in saved:
+            raise ValueError(f"{path} lacks the field '{key}': it is not the config of a run of this train.py")
+        v = saved[key]
+        if not (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) if t is float else isinstance(v, t))):
+            raise ValueError(f"{path}: field '{key}' is {v!r:.60}, not what train.py writes there")
+    for key in sorted(args.given - set(CHANGE_ON_RESUME)):
+        new, old = getattr(args, key), saved[key]
+        same = new == old or (key in PATHS and None not in (new, old) and "tiny" not in (new, old)
+                              and os.path.realpath(new) == os.path.realpath(old))
+        if not same:
+            raise ValueError(f"--{key.replace('_', '-')} {new} differs from the run's {old} ({path}): a resumed run "
+                             "keeps its own settings, so leave the flag out, or start a new run with another --out")
+    if saved.get("processes", 1) != world()[1]:
+        raise ValueError(f"{path}: the run used {saved.get('processes')} process(es), this is {world()[1]}; resume it "
+                         "with as many (the batch of each process, hence the data order, depends on it)")
+    cfg = {**saved, "out": out, "device": args.device}  # the folder being resumed, wherever it was first written
+    cfg["max_steps"] = args.max_steps if "max_steps" in args.given else saved["max_steps"]
+    cfg["lr_override"] = args.lr if "lr" in args.given and args.lr != saved["lr"] else None
+    check(cfg)
+    task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], seed=cfg["data_seed"])
+    for role, fp in (saved.get("data") or {}).items():
+        if runfolder.fingerprint_rows(task[role]) != fp:
+            raise ValueError(f"the {role} data of the run changed since it started ({task['files'][role]}): resuming "
+                             "would train on other data than it began with; restore the file, or start a new run")
     return cfg, task
 
 
@@ -125,12 +201,16 @@ def resolve(args):
 def train_tokenizer(texts, path, vocab_size):
     """A Gemma-style SentencePiece model (BPE, byte fallback, <pad>=0 <eos>=1 <bos>=2 <unk>=3) trained on texts."""
     import sentencepiece as spm
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=path[:-len(".model")], model_type="bpe", vocab_size=vocab_size,
-        hard_vocab_limit=False, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
-        add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, pad_id=0,
-        eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", num_threads=1,
-        minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_prefix=path[:-len(".model")], model_type="bpe", vocab_size=vocab_size,
+            hard_vocab_limit=False, byte_fallback=True, split_digits=True, normalization_rule_name="identity",
+            add_dummy_prefix=False, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, pad_id=0,
+            eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", num_threads=1,
+            minloglevel=2)
+    except RuntimeError as e:  # e.g. "Vocabulary size is smaller than required_chars. 300 vs 311."
+        raise ValueError(f"--tiny-vocab {vocab_size}: SentencePiece cannot train a tokenizer of that size on the "
+                         f"task's text ({str(e).split('] ')[-1].splitlines()[0][:160]})") from None
 
 
 def make_tiny(folder, texts, vocab_size, seed):
@@ -144,13 +224,14 @@ def make_tiny(folder, texts, vocab_size, seed):
 
 
 def model_folder(cfg, task):
-    """The base model's folder: the given checkpoint, or (--model tiny) a random tiny model saved in the run."""
+    """The base model's folder: the given checkpoint, or (--model tiny) a random tiny model saved in the run, built
+    under a temporary name and renamed, so that base/ exists only whole."""
     if cfg["model"] == "tiny":
         folder = os.path.join(cfg["out"], "base")
-        if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        if not os.path.isdir(folder):
             texts = [t for rows in (task["source"], task["target"]) for row in rows[:20000]
                      for p, r in data.row_sequences(row) for t in (p, r) if t]
-            make_tiny(folder, texts, cfg["tiny_vocab"], cfg["seed"])
+            runfolder.write_atomically(folder, lambda tmp: make_tiny(tmp, texts, cfg["tiny_vocab"], cfg["seed"]))
         return folder
     if not os.path.isdir(cfg["model"]):
         raise FileNotFoundError(
@@ -162,66 +243,14 @@ def model_folder(cfg, task):
 def build(cfg, folder):
     """Gemma (bf16 on a GPU, float32 on a CPU) + LoRA + reward head + critic, and the tokenizer."""
     dtype = torch.bfloat16 if cfg["device"].startswith("cuda") else torch.float32
-    gemma = Gemma.from_pretrained(folder, dtype=dtype, device=cfg["device"])
+    gemma, tok = runfolder.load_base(folder, dtype, cfg["device"])
     gemma.checkpointing = cfg["grad_checkpoint"]
-    targets = "all" if cfg["lora_targets"] == "all" else tuple(cfg["lora_targets"].split(","))
+    targets = "all" if cfg["lora_targets"] == "all" else tuple(t.strip() for t in cfg["lora_targets"].split(","))
     torch.manual_seed(cfg["seed"])  # LoRA's A, the head and the critic: seeded
     add_lora(gemma, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets)
     model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
     model.head.to(cfg["device"]), model.critic.to(cfg["device"])
-    return model, Tokenizer(os.path.join(folder, "tokenizer.model"))
-
-
-# -----------------------------------------------------------------------------
-# saving: every file written whole or not at all
-
-
-def write_atomically(path, write):
-    """write(temporary path), then one rename: a kill during the write leaves the previous file intact."""
-    write(path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
-def write_json(path, obj):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-    write_atomically(path, write)
-
-
-def save_best(model, folder):
-    from safetensors.torch import save_file
-    save_adapter(model.backbone.gemma, folder, modules_to_save={"score": model.head})
-    critic = {k: v.contiguous().cpu() for k, v in model.critic.state_dict().items()}
-    write_atomically(os.path.join(folder, "critic.safetensors"), lambda tmp: save_file(critic, tmp))
-
-
-def trainable_state(model):
-    return {k: v for k, v in model.state_dict().items() if "lora_" in k or k.startswith(("head.", "critic."))}
-
-
-def save_state(path, model, opt, critic_opt, gp_rng, step, best):
-    state = dict(model=trainable_state(model), opt=opt.state_dict(), critic_opt=critic_opt.state_dict(), step=step,
-                 best=best, rng=(random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
-                 gp_rng=gp_rng.get_state())
-    write_atomically(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_state(path, model, opt, critic_opt, gp_rng):
-    state = torch.load(path, weights_only=False)
-    missing = set(trainable_state(model)) - set(state["model"])
-    if missing:
-        raise ValueError(f"{path} does not match this model (no '{sorted(missing)[0]}'); was the run's config changed?")
-    model.load_state_dict(state["model"], strict=False)
-    opt.load_state_dict(state["opt"])
-    critic_opt.load_state_dict(state["critic_opt"])
-    gp_rng.set_state(state["gp_rng"])
-    py, np_state, cpu, cuda = state["rng"]
-    random.setstate(py), np.random.set_state(np_state), torch.set_rng_state(cpu)
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    return state["step"], state["best"]
+    return model, tok
 
 
 # -----------------------------------------------------------------------------
@@ -268,26 +297,40 @@ def mean_over_processes(logs, device):
 # the run
 
 
-def run(cfg, task, resume=False):
-    """Trains, evaluates and writes the run folder (process 0 alone writes); returns the summary."""
+def run(cfg, task, resume=False, stop=None):
+    """Trains, evaluates and writes the run folder (process 0 alone writes, holding the folder's lock); returns the
+    summary. stop: a runfolder.Stop already listening for signals (main's, from before the data is read), or None."""
+    owner = runfolder.owned(cfg["out"]) if world()[0] == 0 else contextlib.nullcontext()
+    with owner, (contextlib.nullcontext(stop) if stop else runfolder.Stop()) as stop:
+        try:
+            return _run(cfg, task, resume, stop)
+        except KeyboardInterrupt:
+            sys.exit(f"\nstopped at once; the last saved state stands: continue with `{runfolder.resume_command(cfg['out'])}`")
+
+
+def _run(cfg, task, resume, stop):
     rank, n_proc, _ = world()
     out, device, method = cfg["out"], cfg["device"], cfg["method"]
-    if resume and not os.path.exists(os.path.join(out, "state.pt")):
-        raise FileNotFoundError(f"nothing to resume: {out}/state.pt does not exist")
-    if not resume and os.path.exists(os.path.join(out, "state.pt")):
-        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if resume:  # the run's own settings, not today's defaults
-        with open(os.path.join(out, "config.json")) as f:
-            saved = json.load(f)
-        cfg = {**saved, "device": device, "max_steps": saved["max_steps"] if cfg["max_steps"] is None else cfg["max_steps"]}
+    state_path, log_path = os.path.join(out, runfolder.STATE), os.path.join(out, "metrics.jsonl")
+    if rank == 0 and resume:  # (process 0 holds the folder's lock: nobody else writes in it)
+        if not os.path.isfile(state_path):
+            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist (the run stopped before it "
+                                    "saved a state); start it again without --resume")
+        runfolder.clear_stale(out)
     elif rank == 0:
-        os.makedirs(out, exist_ok=True)
-        write_json(os.path.join(out, "config.json"), {**cfg, "processes": n_proc})
+        runfolder.start_fresh(out)  # refuses a folder holding a run; clears an attempt that never saved a state
+    barrier()
     random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
 
     tgt_rows = data.labelled_target(task, cfg["data_seed"]) if method in dial.ORACLES else task["target"]
     if rank == 0:
         folder = model_folder(cfg, task)  # with --model tiny, process 0 makes the base model ...
+        base = runfolder.fingerprint_folder(folder)
+        if resume and cfg.get("base") not in (None, base):
+            raise ValueError(f"the base model in {folder} changed since the run started (its files differ); resuming "
+                             "would continue on another model")
+        if not resume:
+            runfolder.write_json(os.path.join(out, "config.json"), {**cfg, "base": base, "processes": n_proc})
     barrier()
     folder = model_folder(cfg, task)  # ... and the others then read it
     core, tok = build(cfg, folder)
@@ -306,42 +349,55 @@ def run(cfg, task, resume=False):
                          critic_lr=cfg["critic_lr"], critic_weight_decay=cfg["critic_wd"], lm_weight=cfg["lm_weight"])
     critic_opt = dial.critic_optimizer(core.critic, hp)
     gp_rng = torch.Generator(device).manual_seed(cfg["seed"])  # the penalty's draws: the same in every process
-    step, best = 0, None
+    step, best, best_weights = 0, None, None
     if resume:
-        step, best = load_state(os.path.join(out, "state.pt"), core, opt, critic_opt, gp_rng)
+        step, best, best_weights = runfolder.load_state(state_path, core, opt, critic_opt, gp_rng)
         print(f"resuming {out} at step {step} of {total}")
-    if resume and rank == 0:  # a kill between checkpoints logged steps that will now run again: drop them
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-
-        def write(tmp):
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-        write_atomically(os.path.join(out, "metrics.jsonl"), write)
-    log = open(os.path.join(out, "metrics.jsonl"), "a") if rank == 0 else None
+    if cfg.get("lr_override"):  # deliberate: the advice after a divergence; logged in config.json
+        was = opt.param_groups[0]["lr"]
+        for group in opt.param_groups:
+            group["lr"] = cfg["lr_override"]
+        print(f"--lr {cfg['lr_override']:g} instead of {was:g} from step {step} on")
+        if rank == 0:
+            saved = runfolder.read_json(os.path.join(out, "config.json"))
+            saved["lr"], saved["lr_changes"] = cfg["lr_override"], saved.get("lr_changes", []) + [
+                {"step": step, "lr": cfg["lr_override"], "was": was}]
+            runfolder.write_json(os.path.join(out, "config.json"), saved)
+    log = runfolder.open_log(log_path, step if resume else None) if rank == 0 else None
     main = "pearson" if task["metric"] == "correlation" else "acc"
+    saved_step = step
 
     def write(record):
         if log:
             log.write(json.dumps(record) + "\n"), log.flush()
 
     def validate():  # every process evaluates a share of the batches; all get the same metrics
-        nonlocal best
+        nonlocal best, best_weights
         metrics = evaluate(core, *evals["val"], task["metric"], cfg["eval_batch"], device)
         write({"step": step, "split": "val", **metrics})
-        if best is None or metrics[main] > best["val"][main]:
+        if math.isfinite(metrics[main]) and (best is None or metrics[main] > best["val"][main]):
             best = {"step": step, "val": metrics}
+            best_weights = {k: v.detach().clone() for k, v in runfolder.trainable_state(core).items()}
             if rank == 0:
-                save_best(core, os.path.join(out, "adapter"))
+                runfolder.save_best(core, os.path.join(out, "adapter"))
         return metrics
 
     def checkpoint():
+        nonlocal saved_step
         if rank == 0:
-            save_state(os.path.join(out, "state.pt"), core, opt, critic_opt, gp_rng, step, best)
+            runfolder.save_state(state_path, core, opt, critic_opt, gp_rng, step, best, best_weights)
+        saved_step = step
 
+    def diverged(what):
+        return (f"{what} at step {step + 1}; nothing of that step was saved, and the last saved state (step "
+                f"{saved_step}) is finite: continue from it with a lower learning rate, e.g. "
+                f"`{runfolder.resume_command(out)} --lr {cfg['lr'] / 10:g}`")
+
+    if not resume:
+        checkpoint()  # step 0: from now on the run can always be resumed
     bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True, disable=rank > 0)
     try:
-        while step < total:
+        while step < total and not stop(device):
             # this process's share of the global batch: the same examples as one process with n_proc times the batch
             s_idx = data.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
             t_idx = data.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
@@ -349,12 +405,20 @@ def run(cfg, task, resume=False):
             micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
                                                     [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
                                     device) for k in range(A)]
-            logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
-                                   gather_rows if n_proc > 1 else None)
+            try:
+                logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
+                                       gather_rows if n_proc > 1 else None)
+            except RuntimeError as e:  # AdamW's lr / (1 - beta1^t) overflows float32 for a huge --lr
+                if "overflow" not in str(e):
+                    raise
+                raise FloatingPointError(diverged(f"the update overflowed ({str(e).splitlines()[0]})")) from None
             logs = mean_over_processes(logs, device)  # the global batch's numbers, the same in every process
-            if not math.isfinite(logs["loss"]):
-                raise FloatingPointError(f"the loss became {logs['loss']} at step {step + 1} ({logs}); lower --lr "
-                                         f"or --lam, and resume from the last saved state with --resume")
+            if not all(math.isfinite(v) for v in logs.values()):
+                raise FloatingPointError(diverged(f"the loss became {logs['loss']} ({logs})"))
+            try:  # a finite loss computed before the update says nothing about the weights after it
+                runfolder.check_finite(runfolder.trainable_state(core), "the weights after the update")
+            except FloatingPointError as e:
+                raise FloatingPointError(diverged(str(e))) from None
             step += 1
             write({"step": step, "split": "train", **logs})
             bar.update(1)
@@ -362,86 +426,43 @@ def run(cfg, task, resume=False):
             if step % per_epoch == 0 or (cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == total:
                 bar.set_postfix(val=f"{validate()[main]:.3f}")
                 checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        sys.exit(f"\ninterrupted at step {step}: continue with `python train.py --task {cfg['task']} "
-                 f"--out {out} --resume`")
+        if step < total:  # a signal asked to stop
+            checkpoint()
+            sys.exit(f"\nstopped at step {step} of {total}: continue with `{runfolder.resume_command(out)}`")
     finally:
         bar.close()
         if log:
             log.close()
 
     # the best checkpoint on validation, evaluated on test
-    barrier()  # process 0 has written the adapter
+    if best is None:
+        raise FloatingPointError(f"no evaluation on validation gave a finite {main}: there is no checkpoint to test")
     if best["step"] != step:
-        load_adapter(core.backbone.gemma, os.path.join(out, "adapter"), modules_to_save={"score": core.head})
+        core.load_state_dict(best_weights, strict=False)
     test = evaluate(core, *evals["test"], task["metric"], cfg["eval_batch"], device)
     summary = {"task": cfg["task"], "method": method, "seed": cfg["seed"], "steps": step, "best_step": best["step"],
                "metric": main, "val": best["val"], "test": test}
     if rank == 0:
-        write_json(os.path.join(out, "summary.json"), summary)
+        runfolder.save_best(core, os.path.join(out, "adapter"))  # the best, whatever a kill interrupted before
+        runfolder.write_json(os.path.join(out, "summary.json"), summary)
     print(f"{cfg['task']} {method} seed {cfg['seed']}: val {main} {best['val'][main]:.4f} (step {best['step']}), "
           f"test {main} {test[main]:.4f}")
     return summary
 
 
-# -----------------------------------------------------------------------------
-# the offline demo: python train.py
-
-
-def pretrain(folder, steps=400, seed=0, batch=32):
-    """The demo's base model: a tiny Gemma pre-trained by next-token prediction on lists of five foods of one
-    category (all five categories), its small "world knowledge", as Gemma's pre-training is for the real runs."""
-    lists, rng = data.food_lists(), random.Random(seed)
-    texts = [", ".join(rng.sample(lists[rng.choice(data.CATEGORIES)], 5)) + "\n" for _ in range(steps * batch)]
-    os.makedirs(folder, exist_ok=True)
-    train_tokenizer(texts[:5000] + [data.OOO_PROMPT], os.path.join(folder, "tokenizer.model"), 1000)
-    tok = Tokenizer(os.path.join(folder, "tokenizer.model"))
-    torch.manual_seed(seed)
-    cfg = GemmaConfig.tiny()
-    cfg.vocab_size = tok.vocab_size
-    model = Gemma(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
-    for i in tqdm(range(steps), desc="pre-training the tiny model"):
-        ids, mask = tok.batch(texts[i * batch:(i + 1) * batch])
-        logits = model.logits(model(ids, mask))[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[mask[:, 1:].bool()], ids[:, 1:][mask[:, 1:].bool()])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.save_pretrained(folder)
-    print(f"pre-trained {folder}: final next-token loss {loss.item():.3f}")
-
-
-def demo(seeds=(0,)):
-    task_name, base = "oddoneout-desserts-fruits", os.path.join("runs", "demo", "base")
-    if not os.path.exists(os.path.join(base, "model.safetensors")):
-        pretrain(base)
-    results = {}
-    for method in ("src-pref", "dial"):
-        for seed in seeds:
-            args = parse_args(["--task", task_name, "--method", method, "--model", base, "--seed", str(seed),
-                               "--out", os.path.join("runs", "demo", method, f"seed{seed}"), "--lora-targets", "all",
-                               "--epochs", "2"])
-            cfg, task = resolve(args)
-            if os.path.exists(os.path.join(cfg["out"], "summary.json")):
-                with open(os.path.join(cfg["out"], "summary.json")) as f:
-                    results.setdefault(method, []).append(json.load(f)["test"]["acc"])
-                continue
-            results.setdefault(method, []).append(run(cfg, task)["test"]["acc"])
-    print(f"\n{task_name}: target (fruits) test accuracy of the odd-one-out answer, chance 0.2")
-    for method, accs in results.items():
-        print(f"  {method:10s} {np.mean(accs):.3f}  ({', '.join(f'{a:.3f}' for a in accs)})")
-    return results
-
-
 def main(argv=None):
     args = parse_args(argv)
     with command(args.device) as args.device:  # under torchrun: one process per device; else nothing changes
-        if args.task is None:
-            return demo()
-        cfg, task = resolve(args)
-        return run(cfg, task, args.resume)
+        if args.task is None and not args.resume:
+            if args.given - {"device"}:  # the demo's settings are fixed: a flag would be silently ignored
+                raise ValueError(f"--{sorted(args.given - {'device'})[0].replace('_', '-')} needs a --task (without "
+                                 "--task, train.py runs the offline demo, whose settings are fixed)")
+            check(vars(args))
+            from demo import demo  # the offline demo: its own file, which imports this one
+            return demo(device=args.device)
+        with runfolder.Stop() as stop:  # a signal while the data loads: the run stops at its first step boundary
+            cfg, task = resumed(args) if args.resume else resolve(args)
+            return run(cfg, task, args.resume, stop)
 
 
 if __name__ == "__main__":

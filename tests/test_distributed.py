@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import data
+import runfolder
 import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def runs(base, tmp_path_factory):
 
 
 def read(run):
-    state = torch.load(os.path.join(run, "state.pt"), weights_only=False)
+    state = runfolder.read_state(os.path.join(run, "state.safetensors"))
     logs = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     return state, logs, json.load(open(os.path.join(run, "summary.json")))
 
@@ -85,5 +86,5 @@ def test_resume_under_torchrun(base, tmp_path):
     launch(2, "train.py", *argv, "--out", str(tmp_path / "straight"), "--max-steps", "4")
     launch(2, "train.py", *argv, "--out", str(tmp_path / "resumed"), "--max-steps", "2")
     launch(2, "train.py", *argv, "--out", str(tmp_path / "resumed"), "--max-steps", "4", "--resume")
-    a, b = (torch.load(tmp_path / r / "state.pt", weights_only=False) for r in ("straight", "resumed"))
+    a, b = (runfolder.read_state(str(tmp_path / r / "state.safetensors")) for r in ("straight", "resumed"))
     assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

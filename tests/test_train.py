@@ -6,6 +6,7 @@ import torch
 
 import dial
 import eval as evaluation
+import runfolder
 import train
 
 FAST = ["--max-steps", "3", "--eval-rows", "24", "--eval-batch", "8", "--lora-r", "8", "--lora-alpha", "8"]
@@ -43,7 +44,7 @@ def test_every_method_trains_on_odd_one_out(tmp_path, method):
     train_logs = [r for r in logs if r["split"] == "train"]
     assert len(train_logs) == 3 and all({"loss", "bt", "acc"} <= set(r) for r in train_logs)
     assert ("w" in train_logs[0]) == (method == "dial") and ("lm" in train_logs[0]) == (method in dial.LM_METHODS)
-    for f in ("config.json", "state.pt", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
+    for f in ("config.json", "state.safetensors", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
               "adapter/critic.safetensors", "base/model.safetensors", "base/tokenizer.model"):
         assert (out / f).exists(), f
 
@@ -62,7 +63,7 @@ def test_resume_continues_exactly(tmp_path):
     with open(tmp_path / "half" / "metrics.jsonl", "a") as f:  # killed after logging step 4, before its checkpoint
         f.write(json.dumps({"step": 4, "split": "train", "loss": 0.5}) + "\n")
     resumed = train.main(["--out", str(tmp_path / "half"), "--max-steps", "6", "--resume", *common])
-    a, b = (torch.load(tmp_path / r / "state.pt", weights_only=False) for r in ("full", "half"))
+    a, b = (runfolder.read_state(str(tmp_path / r / "state.safetensors")) for r in ("full", "half"))
     assert a["step"] == b["step"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])  # LoRA, head and critic
     assert a["opt"]["state"].keys() == b["opt"]["state"].keys()
@@ -76,17 +77,18 @@ def test_resume_continues_exactly(tmp_path):
 def test_killed_save_leaves_the_previous_state(tmp_path, monkeypatch):
     common = ["--task", "oddoneout-snacks-fruits"]
     run(tmp_path, "run", *common, "--max-steps", "2")
+    from safetensors import torch as st
 
-    def killed(obj, path):  # the process dies half-way through writing the checkpoint
+    def killed(tensors, path, metadata=None):  # the process dies half-way through writing the checkpoint
         with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 half a checkpoint")
+            f.write(b"\x10\x00\x00\x00 half a checkpoint")
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr(torch, "save", killed)
-        with pytest.raises(KeyboardInterrupt):
+        m.setattr(st, "save_file", killed)
+        with pytest.raises(SystemExit, match="stopped at once; the last saved state stands"):
             run(tmp_path, "run", *common, "--max-steps", "4", "--resume")
-    assert torch.load(tmp_path / "run" / "state.pt", weights_only=False)["step"] == 2
+    assert runfolder.read_state(str(tmp_path / "run" / "state.safetensors"))["step"] == 2
     assert run(tmp_path, "run", *common, "--max-steps", "4", "--resume")["steps"] == 4
 
 
@@ -95,8 +97,8 @@ def test_bad_input_gets_one_sentence(tmp_path, custom_files):
         train.main(["--task", "oddoneout-desert-fruits"])
     with pytest.raises(SystemExit, match="checkpoints/nowhere not found: download Gemma-2b with `hf download"):
         train.main(["--task", "oddoneout-fruits-sauces", "--model", "checkpoints/nowhere", "--out", str(tmp_path)])
-    for flag, value, says in (("--lr", "-1", "--lr must be positive, got -1.0"), ("--batch-src", "0", "at least 1"),
-                              ("--lam", "-0.5", "--lam must not be negative"), ("--accum", "3", "must divide")):
+    for flag, value, says in (("--lr", "-1", "--lr must be a positive finite number, got -1.0"), ("--batch-src", "0", "at least 1"),
+                              ("--lam", "-0.5", "--lam must be a finite number, not negative"), ("--accum", "3", "must divide")):
         with pytest.raises(SystemExit, match=says):
             train.main(["--task", "oddoneout-fruits-sauces", flag, value, "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="nothing to resume"):
@@ -106,14 +108,14 @@ def test_bad_input_gets_one_sentence(tmp_path, custom_files):
     with pytest.raises(SystemExit, match=r"unlabelled.jsonl, row 1: field 'label' is missing; the oracle methods"):
         run(tmp_path, "oracle", "--task", "custom", "--method", "tgt-pref", "--model", "tiny", *files)
     run(tmp_path, "once", "--task", "oddoneout-fruits-sauces", "--max-steps", "1")
-    with pytest.raises(SystemExit, match="already holds a run: pass --resume"):
+    with pytest.raises(SystemExit, match="already holds a run: continue it with `python train.py --out"):
         run(tmp_path, "once", "--task", "oddoneout-fruits-sauces")
 
 
 def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch):
     real = dial.train_step
     monkeypatch.setattr(dial, "train_step", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
-    with pytest.raises(SystemExit, match="the loss became nan at step 1"):
+    with pytest.raises(SystemExit, match=r"the loss became nan .* at step 1; nothing of that step was saved"):
         run(tmp_path, "nan", "--task", "oddoneout-fruits-sauces")
 
 
