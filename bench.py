@@ -9,7 +9,7 @@ The reference does what the authors' code does (reference/dial_reference_code.md
 GemmaForSequenceClassification + PEFT LoRA (same rank, alpha, targets), four forward passes (source chosen, source
 rejected, target chosen, target rejected) each right-padded to its own longest sequence, the embedding at the last
 real token of the last hidden layer, the critic's 3 iterations with their gradient penalty, loss BT + 0.01 W, one
-backward, AdamW. Ours is train.py's step: data.step_batch packs each pair as one sequence (the prompt once, both
+backward, AdamW. Ours is train.py's step: packing.step_batch packs each pair as one sequence (the prompt once, both
 responses after it) and several pairs per row, and dial.train_step runs the backbone once.
 
 Batches: 4 source pairs + 4 target pairs a step. Token lengths are drawn by seed from an SHP-like long-tailed
@@ -112,20 +112,20 @@ def peak_memory(device):
 
 
 def ours(path, device, dtype, cfg):
-    import data
+    import packing
     import dial
     from gemma import Gemma
     from lora import add_lora
     gemma = Gemma.from_pretrained(path, dtype=dtype, device=device)
     add_lora(gemma, LORA["r"], LORA["alpha"], targets=LORA["targets"])
-    model = dial.RewardModel(data.GemmaBackbone(gemma), cfg.hidden_size)
+    model = dial.RewardModel(packing.GemmaBackbone(gemma), cfg.hidden_size)
     model.head.to(device), model.critic.to(device)
     opt = torch.optim.AdamW([p for p in gemma.parameters() if p.requires_grad] + list(model.head.parameters()), lr=5e-5)
     hp = dial.DialConfig()
     critic_opt = dial.critic_optimizer(model.critic, hp)
 
     def step(batch):
-        dial.train_step(model, [data.to_device(data.step_batch(batch["src"], batch["tgt"], "dial"), device)], "dial",
+        dial.train_step(model, [packing.to_device(packing.step_batch(batch["src"], batch["tgt"], "dial"), device)], "dial",
                         opt, critic_opt, hp)
 
     def flops(batch):  # each pair once: its prompt, then each response attending to the prompt and itself

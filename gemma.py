@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # -----------------------------------------------------------------------------
 # config
@@ -136,20 +137,41 @@ class Attention(nn.Module):
                                               scale=self.head_dim ** -0.5, enable_gqa=self.n_kv_head != self.n_head)
 
     def forward(self, x, cos, sin, mask, keep=None):
-        """x (B, T, D) with mask None or (B, 1, T, T) -> (B, T, D); or a packed stream x (N, D) with mask a list of
-        diagonal blocks (start, (L, L) mask) -> (N, D). keep: flat token indices, the only outputs wanted (n, D)."""
+        """x (B, T, D) with mask None or (B, 1, T, T) -> (B, T, D); or a packed stream x (N, D) with mask a dict
+        (Gemma.forward's packed branch) -> (N, D). keep: flat token indices, the only outputs wanted (n, D)."""
         shape = x.shape[:-1]  # (B, T) or (N,)
         q = self.q_proj(x).unflatten(-1, (self.n_head, self.head_dim)).transpose(-3, -2)  # (B, H, T, d) or (H, N, d)
         k = self.k_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)  # (B, K, T, d) or (K, N, d)
         v = self.v_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if isinstance(mask, list):  # each block attends within itself: no padding, no work across sequences
-            y = torch.cat([self.attend(q[None, :, s:s + len(m)], k[None, :, s:s + len(m)], v[None, :, s:s + len(m)],
-                                       m)[0] for s, m in mask], dim=1)  # (H, N, d)
-        else:
-            y = self.attend(q, k, v, mask)  # (B, H, T, d)
-        y = y.transpose(-3, -2).reshape(*shape, -1)  # (B, T, H * d) or (N, H * d)
+        if isinstance(mask, dict):  # packed: gather the stream into rows, ONE attention call for all, scatter back
+            B, T = mask["bias"].shape[0], mask["bias"].shape[-1]
+            q, k, v = (t[:, mask["token"]].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))  # (B, H or K, T, d)
+            if q.is_cuda:  # the memory-efficient kernel, chosen explicitly: cuDNN would build a plan per new shape, and
+                # flash takes no mask. It is given H key/value heads: its support of enable_gqa varies by version.
+                k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+                with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask["bias"], scale=self.head_dim ** -0.5)
+            else:
+                y = self.attend(q, k, v, mask["bias"])  # (B, H, T, d)
+            y = y.transpose(1, 2).flatten(0, 1)  # (B * T, H, d): slot by slot
+            return self.o_proj(y[mask["slot"] if keep is None else mask["slot"][keep]].flatten(1))  # (N or n, D)
+        y = self.attend(q, k, v, mask)  # (B, H, T, d)
+        y = y.transpose(-3, -2).reshape(*shape, -1)  # (B, T, H * d)
         return self.o_proj(y if keep is None else y.flatten(0, -2)[keep])
+
+
+def attention_rule(example, part, pos):
+    """May query i attend key j? From each slot's example id, part (0 the prompt, k + 1 response k) and position,
+    (B, T) each -> (B, 1, T, T) bool. The paper's figure of a pair (a prompt, then two responses that each see the
+    prompt and themselves, not each other), one line a condition; a sliding window would be one more line,
+    `allowed &= pos_q - pos_k < window`, and a layer without it reads the same three."""
+    ex_q, part_q, pos_q = example[:, :, None], part[:, :, None], pos[:, :, None]  # (B, T, 1): query i
+    ex_k, part_k, pos_k = example[:, None, :], part[:, None, :], pos[:, None, :]  # (B, 1, T): key j
+    allowed = ex_q == ex_k                          # the same example
+    allowed &= (part_k == 0) | (part_k == part_q)   # the key is in the prompt or in the query's own part
+    allowed &= pos_k <= pos_q                       # and not after the query
+    return allowed[:, None]
 
 
 class MLP(nn.Module):
@@ -194,17 +216,23 @@ class Gemma(nn.Module):
         - None: every token is real (causal attention, positions 0..T-1), or
         - (B, T) with 1 = real token, 0 = pad, padding on either side: positions count real tokens only, so that both
           padding sides give the unpadded result on real tokens (pad positions: finite but meaningless);
-        or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask a
-        list of diagonal blocks (start, (L, L) boolean mask: query i may attend key j) that tile the stream. A block can
-        hold a prompt followed by two responses that each see the prompt but not each other (see data.pack).
+        or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask
+        the layout of its attention in B rows of T slots (packing.attention_rows): a dict of example, part, pos (B, T)
+        per slot, token (B * T,) the stream index each slot reads, slot (N,) each token's slot. Who sees whom is
+        attention_rule: a prompt followed by two responses that each see the prompt but not each other (packing.pack);
+        every layer makes one attention call over all the rows.
         keep: flat indices of the only tokens whose hidden state the caller reads (into B * T or N); the last layer
         then computes its MLP and output projection at those tokens alone, and (len(keep), D) is returned."""
         device = input_ids.device
         h = self.embed_tokens(input_ids)  # (B, T, D) or (N, D)
         h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype)  # sqrt(D) rounded to the act dtype
-        if isinstance(attention_mask, list):
+        if isinstance(attention_mask, dict):  # packed: mask built once here, on the device, for every layer
             assert position_ids is not None, "a packed stream needs its position_ids"
-            mask = attention_mask  # its positions: position_ids, below
+            rows = attention_mask
+            allowed = attention_rule(rows["example"], rows["part"], rows["pos"])  # (B, 1, T, T)
+            # an additive bias in the activation dtype, made once: the attention kernels would convert a bool per call
+            bias = torch.zeros(allowed.shape, dtype=h.dtype, device=device).masked_fill_(~allowed, float("-inf"))
+            mask = dict(bias=bias, token=rows["token"], slot=rows["slot"])  # its positions: position_ids, below
         elif attention_mask is None:
             B, T = input_ids.shape
             pos, mask = torch.arange(T, device=device).expand(B, T), None  # None: SDPA's causal fast path

@@ -32,6 +32,7 @@ import dial
 from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
 from lora import add_lora, load_adapter, save_adapter
+import packing
 
 # -----------------------------------------------------------------------------
 # the command line
@@ -79,7 +80,7 @@ def parse_args(argv=None):
     g.add_argument("--eval-every", type=int, help="steps between evaluations on validation (and every epoch end)")
     g.add_argument("--eval-batch", type=int, default=16, help="examples per evaluation batch")
     g.add_argument("--eval-rows", type=int, help="evaluate on the first N rows of val and test only")
-    g.add_argument("--separator", default=data.SEPARATOR, help="between prompt and response")
+    g.add_argument("--separator", default=packing.SEPARATOR, help="between prompt and response")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
@@ -167,7 +168,7 @@ def build(cfg, folder):
     targets = "all" if cfg["lora_targets"] == "all" else tuple(cfg["lora_targets"].split(","))
     torch.manual_seed(cfg["seed"])  # LoRA's A, the head and the critic: seeded
     add_lora(gemma, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets)
-    model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
+    model = dial.RewardModel(packing.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
     model.head.to(cfg["device"]), model.critic.to(cfg["device"])
     return model, Tokenizer(os.path.join(folder, "tokenizer.model"))
 
@@ -292,7 +293,7 @@ def run(cfg, task, resume=False):
     folder = model_folder(cfg, task)  # ... and the others then read it
     core, tok = build(cfg, folder)
     model = parallel(core, device) if n_proc > 1 else core
-    tokenise = lambda rows: data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
+    tokenise = lambda rows: packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
     B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
@@ -343,12 +344,12 @@ def run(cfg, task, resume=False):
     try:
         while step < total:
             # this process's share of the global batch: the same examples as one process with n_proc times the batch
-            s_idx = data.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
-            t_idx = data.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
+            s_idx = packing.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
+            t_idx = packing.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
                 if uses_tgt else []
-            micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
-                                                    [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
-                                    device) for k in range(A)]
+            micro = [packing.to_device(packing.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
+                                                       [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]],
+                                                       method), device) for k in range(A)]
             logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
                                    gather_rows if n_proc > 1 else None)
             logs = mean_over_processes(logs, device)  # the global batch's numbers, the same in every process

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import packing
 import dial
 from gemma import Gemma, GemmaConfig
 from lora import add_lora
@@ -32,7 +33,7 @@ def model():
         for name, p in gemma.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)
-    return dial.RewardModel(data.GemmaBackbone(gemma), 64)
+    return dial.RewardModel(packing.GemmaBackbone(gemma), 64)
 
 
 def separate(model, examples):
@@ -52,7 +53,7 @@ def rel(a, b):
 
 
 def test_packed_embeddings_and_rewards_equal_separate_sequences(model):
-    inputs = data.pack(EXAMPLES)
+    inputs = packing.pack(EXAMPLES)
     assert inputs["ids"].shape == (sum(len(p) + sum(len(r) for r in rs) for p, rs in EXAMPLES),)  # no padding
     with torch.no_grad():
         emb, lm = model(inputs)
@@ -66,7 +67,7 @@ def test_packed_embeddings_and_rewards_equal_separate_sequences(model):
 def test_next_token_loss_equals_separate_sequences(model, with_prompt):
     flags = [((0,), with_prompt), None, ((0, 2, 4), with_prompt), ((0,), with_prompt), None]
     with torch.no_grad():
-        _, lm = model(data.pack(EXAMPLES, lm=flags))
+        _, lm = model(packing.pack(EXAMPLES, lm=flags))
         _, logits = separate(model, EXAMPLES)
     losses, n = [], 0
     for (p, rs), flag in zip(EXAMPLES, flags):
@@ -83,7 +84,7 @@ def test_dial_loss_gradients_equal_separate_sequences(model):
     # the model's loss of a DIAL step (source BT + lam * W through a fixed critic): same value, same LoRA and head
     # gradients whether the sequences are packed (prompt computed once) or each run on its own
     src, tgt = EXAMPLES[:2] + EXAMPLES[4:], EXAMPLES[2:4]
-    batch = data.step_batch(src, tgt, "dial")
+    batch = packing.step_batch(src, tgt, "dial")
 
     def loss_and_grads(emb):
         r = model.reward(emb)
@@ -108,7 +109,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(model):
     for flag in (False, True):
         gemma.checkpointing = flag
         model.zero_grad()
-        model.reward(model(data.pack(EXAMPLES))[0]).square().sum().backward()
+        model.reward(model(packing.pack(EXAMPLES))[0]).square().sum().backward()
         grads.append([p.grad.clone() for p in gemma.parameters() if p.requires_grad])
     gemma.checkpointing = False
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*grads))
@@ -127,39 +128,39 @@ class CharTokenizer:  # one id per character: lengths are easy to reason about
 
 def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response():
     rows = [{"prompt": "abcdefghij", "response_chosen": "XYZ", "response_rejected": "Q"}]
-    (p, rs), = data.tokenize(rows, CharTokenizer(), max_len=8, separator="|")
+    (p, rs), = packing.tokenize(rows, CharTokenizer(), max_len=8, separator="|")
     assert p == [2] + [ord(c) for c in "hij|"] and rs == [[ord(c) for c in "XYZ"], [ord("Q")]]
     assert all(len(p) + len(r) <= 8 for r in rs)
-    (p, rs), = data.tokenize(rows, CharTokenizer(), max_len=3, separator="|")  # a response alone too long
+    (p, rs), = packing.tokenize(rows, CharTokenizer(), max_len=3, separator="|")  # a response alone too long
     assert p == [2] and rs == [[ord("X"), ord("Y")], [ord("Q")]]
     # a prompt already ending in whitespace gets no separator (the odd-one-out prompt ends in a newline)
-    (p, _), = data.tokenize([{**rows[0], "prompt": "ab\n"}], CharTokenizer(), max_len=99, separator="|")
+    (p, _), = packing.tokenize([{**rows[0], "prompt": "ab\n"}], CharTokenizer(), max_len=99, separator="|")
     assert p == [2, ord("a"), ord("b"), ord("\n")]
-    (p, rs), = data.tokenize([{"text": "essay"}], CharTokenizer(), max_len=99)
+    (p, rs), = packing.tokenize([{"text": "essay"}], CharTokenizer(), max_len=99)
     assert p == [2] and rs == [[ord(c) for c in "essay"]]
 
 
 def test_step_batch_roles():
     pairs, questions = EXAMPLES[:2], [EXAMPLES[2]] * 2
-    batch = data.step_batch(questions, pairs, "src-tgt-pref")
+    batch = packing.step_batch(questions, pairs, "src-tgt-pref")
     assert batch["src_chosen"].tolist() == [0, 5] and batch["src_rejected"].tolist() == [[1, 2, 3, 4], [6, 7, 8, 9]]
     assert batch["tgt"].tolist() == [10, 11, 12, 13]
     assert batch["tgt_chosen"].tolist() == [10, 12] and batch["tgt_rejected"].tolist() == [11, 13]
-    dial_batch = data.step_batch(pairs, questions, "dial")
+    dial_batch = packing.step_batch(pairs, questions, "dial")
     assert "tgt_chosen" not in dial_batch and dial_batch["tgt"].tolist() == list(range(4, 14))  # labels never given
-    only_source = data.step_batch(pairs, questions, "src-pref")
+    only_source = packing.step_batch(pairs, questions, "src-pref")
     assert "tgt" not in only_source and len(only_source["inputs"]["last"]) == 4  # target not even computed
-    sft = data.step_batch(pairs, questions, "src-pref-sft")["inputs"]
+    sft = packing.step_batch(pairs, questions, "src-pref-sft")["inputs"]
     assert len(sft["lm_target"]) == 3 + 20  # the chosen responses' tokens only
     assert len(sft["ids"]) == sum(len(p) + sum(len(r) for r in rs) for p, rs in pairs)  # each prompt once
 
 
 def test_paired_indices_cycle_the_smaller_domain():
     n_src, n_tgt, b = 10, 3, 4
-    src = [i for s in range(5) for i in data.paired_indices(n_src, b, s, seed=1, domain="source")]
+    src = [i for s in range(5) for i in packing.paired_indices(n_src, b, s, seed=1, domain="source")]
     assert sorted(src[:n_src]) == list(range(n_src))  # one pass reads every example once
     assert sorted(src[n_src:2 * n_src]) == list(range(n_src)) and src[:n_src] != src[n_src:2 * n_src]  # reshuffled
-    tgt = [i for s in range(5) for i in data.paired_indices(n_tgt, b, s, seed=1, domain="target")]
+    tgt = [i for s in range(5) for i in packing.paired_indices(n_tgt, b, s, seed=1, domain="target")]
     assert all(sorted(tgt[k:k + n_tgt]) == list(range(n_tgt)) for k in range(0, 18, n_tgt))  # cycles
-    assert data.paired_indices(n_src, b, 3, 1, "source") == data.paired_indices(n_src, b, 3, 1, "source")
-    assert data.paired_indices(n_src, b, 0, 2, "source") != data.paired_indices(n_src, b, 0, 1, "source")
+    assert packing.paired_indices(n_src, b, 3, 1, "source") == packing.paired_indices(n_src, b, 3, 1, "source")
+    assert packing.paired_indices(n_src, b, 0, 2, "source") != packing.paired_indices(n_src, b, 0, 1, "source")
