@@ -164,3 +164,24 @@ def test_paired_indices_cycle_the_smaller_domain():
     assert all(sorted(tgt[k:k + n_tgt]) == list(range(n_tgt)) for k in range(0, 18, n_tgt))  # cycles
     assert packing.paired_indices(n_src, b, 3, 1, "source") == packing.paired_indices(n_src, b, 3, 1, "source")
     assert packing.paired_indices(n_src, b, 0, 2, "source") != packing.paired_indices(n_src, b, 0, 1, "source")
+
+
+@pytest.mark.parametrize("n_pairs", [1, 4, 16])
+def test_one_attention_call_per_layer(model, n_pairs, monkeypatch):
+    # however many pairs a step holds, each layer calls the attention kernel once (forward; its backward is the
+    # kernel's own), and the step still equals one sequence at a time
+    g = torch.Generator().manual_seed(n_pairs)
+    ids = lambda n: torch.randint(3, 256, (n,), generator=g).tolist()  # noqa: E731
+    length = lambda: int(torch.randint(1, 40, (), generator=g))  # noqa: E731
+    pairs = [([2] + ids(length()), [ids(length()), ids(length())]) for _ in range(n_pairs)]
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(a[0].shape) or sdpa(*a, **k))
+    batch = packing.step_batch(pairs[:(n_pairs + 1) // 2], pairs[(n_pairs + 1) // 2:], "dial")
+    emb, _ = model(batch["inputs"])
+    model.reward(emb).sum().backward()
+    assert len(calls) == model.backbone.gemma.config.num_hidden_layers
+    monkeypatch.undo()
+    with torch.no_grad():
+        assert rel(emb, separate(model, pairs)[0]) <= 1e-5
