@@ -144,7 +144,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)  # (B, K, T, d) or (K, N, d)
         v = self.v_proj(x).unflatten(-1, (self.n_kv_head, self.head_dim)).transpose(-3, -2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if isinstance(mask, dict):  # packed: gather the stream into rows, ONE attention call for all, scatter back
+        # Packed: gather the stream into rows, ONE attention call for all, scatter back. A soft-capped model (Gemma 2)
+        # cannot use SDPA here, which has no hook on the scores: it needs the explicit attention (scores, cap, + bias,
+        # softmax) over the same rows and bias; FlexAttention would take the cap as a score_mod instead.
+        if isinstance(mask, dict):
             B, T = mask["bias"].shape[0], mask["bias"].shape[-1]
             q, k, v = (t[:, mask["token"]].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))  # (B, H or K, T, d)
             if q.is_cuda:  # the memory-efficient kernel, chosen explicitly: cuDNN would build a plan per new shape, and

@@ -122,9 +122,7 @@ def to_device(x, device):
     device = torch.device(device)
     tensors = []
     walk(x, tensors.append)
-    if device.type == "cpu" or not tensors:
-        return walk(x, lambda t: t.to(device))
-    moved = {}
+    moved = {}  # id of a tensor -> its copy on the device: a view into the one buffer of its dtype
     for dtype in dict.fromkeys(t.dtype for t in tensors):
         group = [t for t in tensors if t.dtype == dtype]
         flat = torch.cat([t.reshape(-1) for t in group])

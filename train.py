@@ -11,7 +11,7 @@ One run = one folder (default runs/<task>/<method>/seed<S>): config.json (every 
 its test metrics). With --model tiny the random base model and its tokenizer are saved in base/.
 
 The loop is the paper's: each step takes B_src source and B_tgt target examples (the smaller domain cycles), packs
-them into one backbone input (data.py), and calls dial.train_step; evaluation on validation every --eval-every steps
+them into one backbone input (packing.py), and calls dial.train_step; evaluation on validation every --eval-every steps
 and at every epoch's end; the best validation checkpoint is evaluated on test at the end.
 """
 import argparse

@@ -1,4 +1,4 @@
-"""Tokenisation, prompt-shared packing and paired batching (data.py) against a straightforward per-sequence
+"""Tokenisation, prompt-shared packing and paired batching (packing.py) against a straightforward per-sequence
 computation. Run: python -m pytest -q tests/test_packing.py"""
 import pytest
 import torch
@@ -185,3 +185,21 @@ def test_one_attention_call_per_layer(model, n_pairs, monkeypatch):
     monkeypatch.undo()
     with torch.no_grad():
         assert rel(emb, separate(model, pairs)[0]) <= 1e-5
+
+
+def test_to_device_moves_a_batch_in_one_buffer_per_dtype():
+    batch = packing.step_batch(EXAMPLES[:2], EXAMPLES[2:], "src-tgt-pref")
+    batch["weights"] = torch.rand(3, 2)
+    moved = packing.to_device(batch, "cpu")  # the same path as to a GPU, less the pinning
+
+    def leaves(x, path=""):
+        if isinstance(x, dict):
+            return [leaf for k, v in x.items() for leaf in leaves(v, f"{path}/{k}")]
+        return [(path, x)]
+
+    for (path, a), (_, b) in zip(leaves(batch), leaves(moved)):
+        assert torch.equal(a, b) and a.dtype == b.dtype, path
+    bases = {b.untyped_storage().data_ptr() for _, b in leaves(moved)}
+    assert len(bases) == 2  # one int64 buffer, one float32 buffer
+    on_meta = packing.to_device(batch, "meta")
+    assert all(b.is_meta and b.shape == a.shape for (_, a), (_, b) in zip(leaves(batch), leaves(on_meta)))
