@@ -164,17 +164,16 @@ class Attention(nn.Module):
         return self.o_proj(y if keep is None else y.flatten(0, -2)[keep])
 
 
-def attention_rule(example, part, pos):
-    """May query i attend key j? From each slot's example id, part (0 the prompt, k + 1 response k) and position,
-    (B, T) each -> (B, 1, T, T) bool. The paper's figure of a pair (a prompt, then two responses that each see the
-    prompt and themselves, not each other), one line a condition; a sliding window would be one more line,
-    `allowed &= pos_q - pos_k < window`, and a layer without it reads the same three."""
-    ex_q, part_q, pos_q = example[:, :, None], part[:, :, None], pos[:, :, None]  # (B, T, 1): query i
-    ex_k, part_k, pos_k = example[:, None, :], part[:, None, :], pos[:, None, :]  # (B, 1, T): key j
-    allowed = ex_q == ex_k                          # the same example
-    allowed &= (part_k == 0) | (part_k == part_q)   # the key is in the prompt or in the query's own part
-    allowed &= pos_k <= pos_q                       # and not after the query
-    return allowed[:, None]
+def attention_rule(example_q, part_q, pos_q, example_k, part_k, pos_k):
+    """May a query attend a key? Each side's example id, part (0 the prompt, k + 1 response k) and position, as
+    tensors that broadcast against the other side's. The paper's figure of a pair (a prompt, then two responses that
+    each see the prompt and themselves, not each other), one condition a line; a sliding window is one more,
+    `& (pos_q - pos_k < window)`. Written on values, not on a layout, it is also FlexAttention's mask_mod:
+    lambda b, h, q, k: attention_rule(example[q], part[q], pos[q], example[k], part[k], pos[k])."""
+    same_example = example_q == example_k
+    prompt_or_own_part = (part_k == 0) | (part_k == part_q)
+    not_after = pos_k <= pos_q
+    return same_example & prompt_or_own_part & not_after
 
 
 class MLP(nn.Module):
@@ -222,8 +221,8 @@ class Gemma(nn.Module):
         or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask
         the layout of its attention in B rows of T slots (packing.attention_rows): a dict of example, part, pos (B, T)
         per slot, token (B * T,) the stream index each slot reads, slot (N,) each token's slot. Who sees whom is
-        attention_rule: a prompt followed by two responses that each see the prompt but not each other (packing.pack);
-        every layer makes one attention call over all the rows.
+        attention_rule, (B, 1, T, T) with query i along dim 2 and key j along dim 3: a prompt followed by two responses
+        that each see the prompt but not each other (packing.pack); every layer makes one attention call over all rows.
         keep: flat indices of the only tokens whose hidden state the caller reads (into B * T or N); the last layer
         then computes its MLP and output projection at those tokens alone, and (len(keep), D) is returned."""
         device = input_ids.device
@@ -232,7 +231,8 @@ class Gemma(nn.Module):
         if isinstance(attention_mask, dict):  # packed: mask built once here, on the device, for every layer
             assert position_ids is not None, "a packed stream needs its position_ids"
             rows = attention_mask
-            allowed = attention_rule(rows["example"], rows["part"], rows["pos"])  # (B, 1, T, T)
+            slots = (rows["example"], rows["part"], rows["pos"])  # (B, T) each
+            allowed = attention_rule(*(t[:, None, :, None] for t in slots), *(t[:, None, None, :] for t in slots))
             # an additive bias in the activation dtype, made once: the attention kernels would convert a bool per call
             bias = torch.zeros(allowed.shape, dtype=h.dtype, device=device).masked_fill_(~allowed, float("-inf"))
             mask = dict(bias=bias, token=rows["token"], slot=rows["slot"])  # its positions: position_ids, below

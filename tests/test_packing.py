@@ -203,3 +203,25 @@ def test_to_device_moves_a_batch_in_one_buffer_per_dtype():
     assert len(bases) == 2  # one int64 buffer, one float32 buffer
     on_meta = packing.to_device(batch, "meta")
     assert all(b.is_meta and b.shape == a.shape for (_, a), (_, b) in zip(leaves(batch), leaves(on_meta)))
+
+
+def test_attention_rule_is_the_block_diagonal_mask_of_the_pairs():
+    # the rule on per-token values, evaluated the way FlexAttention evaluates a mask_mod, against the mask built the
+    # long way: per example, causal within its prompt + responses, a response seeing the prompt and itself only
+    from torch.nn.attention.flex_attention import create_mask
+
+    from gemma import attention_rule
+    example, part, pos = [], [], []
+    expected = torch.zeros(0, 0, dtype=torch.bool)
+    for e, (p, rs) in enumerate(EXAMPLES):
+        parts = torch.tensor([0] * len(p) + [k + 1 for k, r in enumerate(rs) for _ in r])
+        block = torch.ones(len(parts), len(parts), dtype=torch.bool).tril() & \
+            ((parts[None, :] == 0) | (parts[None, :] == parts[:, None]))
+        expected = torch.block_diag(expected, block)
+        example += [e] * len(parts)
+        part += parts.tolist()
+        pos += list(range(len(p))) + [len(p) + i for r in rs for i in range(len(r))]
+    example, part, pos = torch.tensor(example), torch.tensor(part), torch.tensor(pos)
+    N = len(example)
+    mask_mod = lambda b, h, q, k: attention_rule(example[q], part[q], pos[q], example[k], part[k], pos[k])  # noqa: E731
+    assert torch.equal(create_mask(mask_mod, None, None, N, N, device="cpu")[0, 0], expected)
