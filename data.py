@@ -1,7 +1,6 @@
 """
-Data for DIAL: the task registry, reading and checking the released JSON files, the odd-one-out generator, and the
-conversion of scores to preference pairs: what the tasks and their rows are. How rows become the tensors of a step
-(tokenisation, packing, batching) is packing.py.
+Data for DIAL, what the tasks and their rows are: the task registry, reading and checking the released JSON files,
+the odd-one-out generator, scores to preference pairs. How rows become a step's tensors is packing.py.
 
 Rows are plain dicts, in the formats of the authors' released datasets (JSON list or JSON lines, one object a row):
   pairs   prompt, response_chosen, response_rejected         SHP, CValues, and the essays' "pref" files
@@ -39,7 +38,6 @@ import json
 import math
 import os
 import random
-
 
 # -----------------------------------------------------------------------------
 # row formats: reading and checking files
@@ -295,12 +293,8 @@ def oddoneout_rows(category, split, n=1000, seed=0, lists=None):
 # -----------------------------------------------------------------------------
 # task registry
 
-HUB = {  # local folder under the data dir -> Hugging Face dataset repo
-    "shp_translations": "david9dragon9/shp_translations",
-    "cvalues-english": "david9dragon9/cvalues-english",
-    "cvalues_samples": "david9dragon9/cvalues_samples",
-    "short_to_long_essays": "david9dragon9/short_to_long_essays",
-}
+HUB = {folder: "david9dragon9/" + folder  # local folder under the data dir -> Hugging Face dataset repo
+       for folder in ("shp_translations", "cvalues-english", "cvalues_samples", "short_to_long_essays")}
 ROLES = {"source": "labelled source training set", "target": "unlabelled target training set",
          "val": "target validation set", "test": "target test set"}
 
