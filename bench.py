@@ -4,13 +4,18 @@ same random checkpoint and the same batches, each measured in its own process (s
 
     python bench.py --preset small --device cpu          # vocab 8000, hidden 512, 6 layers, float32, max length 512
     python bench.py --preset gemma-2b --device cuda      # the real shapes, random weights, bf16, max length 1024
+    python bench.py ... --profile     # also: where one step's time goes (wall vs GPU kernel time, top operators)
+    python bench.py ... --compile     # ours with each decoder layer torch.compile'd (off by default: see README)
 
 The reference does what the authors' code does (reference/dial_reference_code.md, section 2): transformers'
 GemmaForSequenceClassification + PEFT LoRA (same rank, alpha, targets), four forward passes (source chosen, source
 rejected, target chosen, target rejected) each right-padded to its own longest sequence, the embedding at the last
 real token of the last hidden layer, the critic's 3 iterations with their gradient penalty, loss BT + 0.01 W, one
-backward, AdamW. Ours is train.py's step: data.step_batch packs each pair as one sequence (the prompt once, both
-responses after it) and several pairs per row, and dial.train_step runs the backbone once.
+backward, AdamW. Ours is train.py's step: packing.step_batch packs each pair as one sequence (the prompt once, both
+responses after it), all of them in one stream, and dial.train_step runs the backbone once, one attention call a layer.
+On a GPU both run with cuDNN's attention switched off, so neither pays its execution plan per new shape: the reference
+gets flash or memory-efficient attention from transformers' SDPA path (the authors ran flash-attention-2), ours the
+memory-efficient kernel it asks for.
 
 Batches: 4 source pairs + 4 target pairs a step. Token lengths are drawn by seed from an SHP-like long-tailed
 distribution: prompt ~ lognormal(median 150, sigma 0.8), each response ~ lognormal(median 80, sigma 0.8), clipped so
@@ -111,21 +116,24 @@ def peak_memory(device):
 # the two implementations: each returns a function doing one optimisation step on a batch, and its FLOPs
 
 
-def ours(path, device, dtype, cfg):
-    import data
+def ours(path, device, dtype, cfg, compile=False):
+    import packing
     import dial
     from gemma import Gemma
     from lora import add_lora
     gemma = Gemma.from_pretrained(path, dtype=dtype, device=device)
     add_lora(gemma, LORA["r"], LORA["alpha"], targets=LORA["targets"])
-    model = dial.RewardModel(data.GemmaBackbone(gemma), cfg.hidden_size)
+    if compile:  # each decoder layer compiled once, dynamic shapes: the stream's length changes every step
+        for layer in gemma.layers:
+            layer.compile(dynamic=True)
+    model = dial.RewardModel(packing.GemmaBackbone(gemma), cfg.hidden_size)
     model.head.to(device), model.critic.to(device)
     opt = torch.optim.AdamW([p for p in gemma.parameters() if p.requires_grad] + list(model.head.parameters()), lr=5e-5)
     hp = dial.DialConfig()
     critic_opt = dial.critic_optimizer(model.critic, hp)
 
     def step(batch):
-        dial.train_step(model, [data.to_device(data.step_batch(batch["src"], batch["tgt"], "dial"), device)], "dial",
+        dial.train_step(model, [packing.to_device(packing.step_batch(batch["src"], batch["tgt"], "dial"), device)], "dial",
                         opt, critic_opt, hp)
 
     def flops(batch):  # each pair once: its prompt, then each response attending to the prompt and itself
@@ -137,7 +145,7 @@ def ours(path, device, dtype, cfg):
     return step, flops
 
 
-def reference(path, device, dtype, cfg):
+def reference(path, device, dtype, cfg, compile=False):
     import peft
     import transformers
     import dial
@@ -195,7 +203,9 @@ def measure(impl, path, args):
     torch.manual_seed(0)
     device, dtype = args.device, getattr(torch, PRESETS[args.preset]["dtype"])
     cfg = GemmaConfig.from_json(os.path.join(path, "config.json"))
-    step, flops = (ours if impl == "ours" else reference)(path, device, dtype, cfg)
+    if device == "cuda":  # both on their best kernel: flash / memory-efficient, never cuDNN's plan per new shape
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    step, flops = (ours if impl == "ours" else reference)(path, device, dtype, cfg, args.compile and impl == "ours")
     batches = make_batches(args.warmup + args.steps, cfg.vocab_size, PRESETS[args.preset]["max_len"], args.seed)
     rate = dense_rate(device, dtype)
     if device == "cuda":
@@ -210,8 +220,30 @@ def measure(impl, path, args):
         if i >= args.warmup:
             tokens_per_s.append(real_tokens(batch) / dt)
             mfu.append(flops(batch) / dt / rate)
-    return dict(tokens_per_s=statistics.median(tokens_per_s), mfu=statistics.median(mfu), peak_mem_bytes=peak_memory(device),
-                matmul_flops_per_s=rate, real_tokens_per_step=statistics.median(real_tokens(b) for b in batches))
+    out = dict(tokens_per_s=statistics.median(tokens_per_s), mfu=statistics.median(mfu), peak_mem_bytes=peak_memory(device),
+               matmul_flops_per_s=rate, real_tokens_per_step=statistics.median(real_tokens(b) for b in batches))
+    if args.profile:
+        out["profile"] = profile_step(step, batches[-1], device)
+    return out
+
+
+def profile_step(step, batch, device):
+    """Where one step's time goes, as text: wall time against the time GPU kernels ran, and the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd import DeviceType
+    cuda = device == "cuda"
+    sync(device)
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        step(batch)
+        sync(device)
+    wall = time.perf_counter() - t
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e6
+    head = f"one step under the profiler: wall {wall:.3f} s" + (f", GPU kernels {busy:.3f} s ({len(kernels)} launches)"
+                                                               if cuda else " (CPU only: no kernel time)")
+    table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=15)
+    return head + "\n" + table
 
 
 def main(argv=None):
@@ -223,6 +255,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the batches' lengths and tokens")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--profile", action="store_true", help="also print where one step's time goes (torch.profiler)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each of our decoder layers (default: off)")
     p.add_argument("--impl", choices=("ours", "reference"), help=argparse.SUPPRESS)  # internal: one measuring process
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -252,6 +286,7 @@ def main(argv=None):
                    memory_ratio=o["peak_mem_bytes"] / r["peak_mem_bytes"], matmul_flops_per_s=o["matmul_flops_per_s"],
                    settings=dict(preset=args.preset, device=args.device, steps=args.steps, warmup=args.warmup,
                                  seed=args.seed, threads=torch.get_num_threads(), torch=torch.__version__,
+                                 compile=args.compile,
                                  real_tokens_per_step=o["real_tokens_per_step"],
                                  lora={**LORA, "targets": list(LORA["targets"])}))
     print(f"{args.preset} on {args.device}, median of {args.steps} steps, {o['real_tokens_per_step']:.0f} real tokens a step")
@@ -260,6 +295,8 @@ def main(argv=None):
         print(f"| {name} | {x['tokens_per_s']:,.0f} | {x['peak_mem_bytes'] / 2**30:.2f} GiB | {100 * x['mfu']:.1f}% |")
     print(f"ours / reference: {summary['speedup']:.2f}x the tokens per second at {summary['memory_ratio']:.2f}x the "
           f"peak memory (dense matmul rate {o['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s)")
+    for name in ("reference", "ours") if args.profile else ():
+        print(f"\n{name}: {results[name]['profile']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=2)

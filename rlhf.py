@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import data
 import dial
+import packing
 import ppo
 import xstest
 from eval import command
@@ -113,15 +114,15 @@ def sample(gemma, tok, qs, cfg, temperature, generator, desc):
 
 
 def rm_examples(tok, prompts, responses, max_len):
-    """(prompt ids, [response ids]) for the reward model: the templated prompt, then the response (data.tokenize)."""
+    """(prompt ids, [response ids]) for the reward model: the templated prompt, then the response (packing.tokenize)."""
     rows = [{"prompt": xstest.TEMPLATE.format(p["prompt"]), "response_chosen": r, "response_rejected": r}
             for p, r in zip(prompts, responses)]
-    return [(p, rs[:1]) for p, rs in data.tokenize(rows, tok, max_len)]
+    return [(p, rs[:1]) for p, rs in packing.tokenize(rows, tok, max_len)]
 
 
 @torch.no_grad()
 def rm_scores(rm, examples, device, batch=16):
-    out = [rm.reward(rm(data.to_device(data.pack(examples[k:k + batch]), device))[0])
+    out = [rm.reward(rm(packing.to_device(packing.pack(examples[k:k + batch]), device))[0])
            for k in range(0, len(examples), batch)]
     return torch.cat(out)
 
@@ -132,9 +133,9 @@ def reward_epoch(rm, src, tgt, method, opt, critic_opt, hp, gp_rng, cfg, step):
     B, logs = cfg["batch"], []
     n = max(math.ceil(len(src) / B), math.ceil(len(tgt) / B) if method == "dial" else 0)
     for _ in range(n):
-        s = [src[i] for i in data.paired_indices(len(src), B, step, cfg["seed"], "source")]
-        t = [tgt[i] for i in data.paired_indices(len(tgt), B, step, cfg["seed"], "target")] if method == "dial" else []
-        batch = data.to_device(data.step_batch(s, t, method), cfg["device"])
+        s = [src[i] for i in packing.paired_indices(len(src), B, step, cfg["seed"], "source")]
+        t = [tgt[i] for i in packing.paired_indices(len(tgt), B, step, cfg["seed"], "target")] if method == "dial" else []
+        batch = packing.to_device(packing.step_batch(s, t, method), cfg["device"])
         logs.append(dial.train_step(rm, [batch], method, opt, critic_opt, hp, gp_rng))
         step += 1
     return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}, step
@@ -198,7 +199,7 @@ def build(cfg, folder):
     load = lambda: Gemma.from_pretrained(folder, dtype=dtype, device=cfg["device"])  # noqa: E731
     targets = tuple(cfg["lora_targets"].split(","))
     rm_gemma = add_lora(load(), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets, verbose=False)
-    rm = dial.RewardModel(data.GemmaBackbone(rm_gemma), rm_gemma.config.hidden_size)
+    rm = dial.RewardModel(packing.GemmaBackbone(rm_gemma), rm_gemma.config.hidden_size)
     rm.head.to(cfg["device"]), rm.critic.to(cfg["device"])  # float32: never cast the whole reward model
     policy = Policy(add_lora(load(), cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets,
                              verbose=False)).to(cfg["device"])
@@ -234,7 +235,7 @@ def run(cfg):
     policy, rm, tok = build(cfg, folder)
     random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
     rng, gen = random.Random(cfg["seed"]), torch.Generator(cfg["device"]).manual_seed(cfg["seed"])
-    src = data.tokenize(pairs, tok, cfg["reward_len"])
+    src = packing.tokenize(pairs, tok, cfg["reward_len"])
     rm_params = [p for p in rm.backbone.parameters() if p.requires_grad] + list(rm.head.parameters())
     rm_opt = torch.optim.AdamW(rm_params, lr=cfg["reward_lr"], weight_decay=0.01)  # the critic has its own
     hp = dial.DialConfig(lam=cfg["lam"])

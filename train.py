@@ -14,7 +14,7 @@ changed since the run started is refused. Training is finite or stops: a non-fin
 without saving that step.
 
 The loop is the paper's: each step takes B_src source and B_tgt target examples (the smaller domain cycles), packs
-them into one backbone input (data.py), and calls dial.train_step; evaluation on validation every --eval-every steps
+them into one backbone input (packing.py), and calls dial.train_step; evaluation on validation every --eval-every steps
 and at every epoch's end; the best validation checkpoint is evaluated on test at the end.
 """
 import argparse
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import data
 import dial
+import packing
 import runfolder
 from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
@@ -84,7 +85,7 @@ def parser():
     g.add_argument("--eval-every", type=int, help="steps between evaluations on validation (and every epoch end)")
     g.add_argument("--eval-batch", type=int, default=16, help="examples per evaluation batch")
     g.add_argument("--eval-rows", type=int, help="evaluate on the first N rows of val and test only")
-    g.add_argument("--separator", default=data.SEPARATOR, help="between prompt and response")
+    g.add_argument("--separator", default=packing.SEPARATOR, help="between prompt and response")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
@@ -248,7 +249,7 @@ def build(cfg, folder):
     targets = "all" if cfg["lora_targets"] == "all" else tuple(t.strip() for t in cfg["lora_targets"].split(","))
     torch.manual_seed(cfg["seed"])  # LoRA's A, the head and the critic: seeded
     add_lora(gemma, cfg["lora_r"], cfg["lora_alpha"], cfg["lora_dropout"], targets)
-    model = dial.RewardModel(data.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
+    model = dial.RewardModel(packing.GemmaBackbone(gemma), gemma.config.hidden_size, cfg["critic_act"])
     model.head.to(cfg["device"]), model.critic.to(cfg["device"])
     return model, tok
 
@@ -335,7 +336,7 @@ def _run(cfg, task, resume, stop):
     folder = model_folder(cfg, task)  # ... and the others then read it
     core, tok = build(cfg, folder)
     model = parallel(core, device) if n_proc > 1 else core
-    tokenise = lambda rows: data.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
+    tokenise = lambda rows: packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
     B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
@@ -399,12 +400,12 @@ def _run(cfg, task, resume, stop):
     try:
         while step < total and not stop(device):
             # this process's share of the global batch: the same examples as one process with n_proc times the batch
-            s_idx = data.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
-            t_idx = data.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
+            s_idx = packing.paired_indices(len(src), B_s * n_proc, step, cfg["seed"], "source")[rank * B_s:][:B_s]
+            t_idx = packing.paired_indices(len(tgt), B_t * n_proc, step, cfg["seed"], "target")[rank * B_t:][:B_t] \
                 if uses_tgt else []
-            micro = [data.to_device(data.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
-                                                    [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]], method),
-                                    device) for k in range(A)]
+            micro = [packing.to_device(packing.step_batch([src[i] for i in s_idx[k * B_s // A:(k + 1) * B_s // A]],
+                                                          [tgt[i] for i in t_idx[k * B_t // A:(k + 1) * B_t // A]],
+                                                          method), device) for k in range(A)]
             try:
                 logs = dial.train_step(model, micro, method, opt, critic_opt, hp, gp_rng,
                                        gather_rows if n_proc > 1 else None)

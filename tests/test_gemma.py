@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import packing
 from gemma import Gemma, GemmaConfig, Tokenizer, pad
 from hf_reference import CONFIGS, hf_positions, random_hf_gemma
 
@@ -74,19 +75,20 @@ def test_packed_stream_equals_separate_runs(checkpoint):
     ours = Gemma.from_pretrained(path)
     prompt, first, second, other = [2, 7, 8, 9, 10, 11], [20, 21, 22], [30, 31, 32, 33, 34], [2, 40, 41, 42]
     ids = torch.tensor(prompt + first + second + other)
-    part = torch.tensor([0] * 6 + [1] * 3 + [2] * 5)  # 0 prompt, 1 and 2 the responses
-    block = torch.ones(14, 14, dtype=torch.bool).tril() & ((part[None, :] == 0) | (part[:, None] == part[None, :]))
-    blocks = [(0, block), (14, torch.ones(4, 4, dtype=torch.bool).tril())]
-    pos = torch.tensor(list(range(9)) + list(range(6, 11)) + list(range(4)))
-    with torch.no_grad():
-        packed = ours(ids, blocks, pos)  # (N, D)
-        a, b, c = (ours(torch.tensor([x]))[0] for x in (prompt + first, prompt + second, other))
-        kept = ours(ids, blocks, pos, keep=torch.tensor([8, 13, 17, 8]))  # the last layer at four tokens only
-    assert packed.shape == (18, ours.config.hidden_size)
-    assert (packed[:9] - a).abs().max() <= 1e-5
-    assert (packed[9:14] - b[6:]).abs().max() <= 1e-5
-    assert (packed[14:] - c).abs().max() <= 1e-5
-    assert (kept - packed[[8, 13, 17, 8]]).abs().max() <= 1e-5
+    example, part = [0] * 14 + [1] * 4, [0] * 6 + [1] * 3 + [2] * 5 + [0] * 4  # part: 0 prompt, 1 and 2 responses
+    pos = list(range(9)) + list(range(6, 11)) + list(range(4))
+    for multiple in (64, 1):  # both examples in one row of 64 slots; each in its own row of 14 slots
+        rows = packing.attention_rows(example, part, pos, multiple)
+        assert rows["example"].shape == ((1, 64) if multiple == 64 else (2, 14))
+        with torch.no_grad():
+            packed = ours(ids, rows, torch.tensor(pos))  # (N, D)
+            a, b, c = (ours(torch.tensor([x]))[0] for x in (prompt + first, prompt + second, other))
+            kept = ours(ids, rows, torch.tensor(pos), keep=torch.tensor([8, 13, 17, 8]))  # the last layer at 4 tokens
+        assert packed.shape == (18, ours.config.hidden_size)
+        assert (packed[:9] - a).abs().max() <= 1e-5
+        assert (packed[9:14] - b[6:]).abs().max() <= 1e-5
+        assert (packed[14:] - c).abs().max() <= 1e-5
+        assert (kept - packed[[8, 13, 17, 8]]).abs().max() <= 1e-5
 
 
 def test_keep_in_a_padded_batch(checkpoint):

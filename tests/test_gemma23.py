@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import packing
 from gemma import Gemma, GemmaConfig, pad
 from hf_reference import hf_positions, random_hf_gemma
 
@@ -91,20 +92,21 @@ def test_packed_stream_equals_separate_runs(checkpoint):
         [2, 40, 41, 42, 43, 44, 45]
     n = len(prompt) + len(first) + len(second)
     ids = torch.tensor(prompt + first + second + other)
-    part = torch.tensor([0] * len(prompt) + [1] * len(first) + [2] * len(second))
-    block = torch.ones(n, n, dtype=torch.bool).tril() & ((part[None, :] == 0) | (part[:, None] == part[None, :]))
-    blocks = [(0, block), (n, torch.ones(len(other), len(other), dtype=torch.bool).tril())]
-    pos = torch.tensor(list(range(len(prompt) + len(first))) + list(range(len(prompt), len(prompt) + len(second)))
-                       + list(range(len(other))))
+    example = [0] * n + [1] * len(other)
+    part = [0] * len(prompt) + [1] * len(first) + [2] * len(second) + [0] * len(other)  # 0 prompt, k + 1 response k
+    pos = list(range(len(prompt) + len(first))) + list(range(len(prompt), len(prompt) + len(second))) \
+        + list(range(len(other)))
+    k = len(prompt) + len(first)
     with torch.no_grad():
-        packed = ours(ids, blocks, pos)  # (N, D)
         a, b, c = (ours(torch.tensor([x]))[0] for x in (prompt + first, prompt + second, other))
         ref = hf(input_ids=torch.tensor([prompt + second]), output_hidden_states=True).hidden_states[-1][0]
-    k = len(prompt) + len(first)
-    assert (packed[:k] - a).abs().max() <= 1e-5
-    assert (packed[k:n] - b[len(prompt):]).abs().max() <= 1e-5
-    assert (packed[n:] - c).abs().max() <= 1e-5
-    assert (packed[k:n] - ref[len(prompt):]).abs().max() <= LOGIT_TOL  # and the second response as transformers has it
+    for multiple in (64, 1):  # both examples in one row of slots; each in its own row
+        with torch.no_grad():
+            packed = ours(ids, packing.attention_rows(example, part, pos, multiple), torch.tensor(pos))  # (N, D)
+        assert (packed[:k] - a).abs().max() <= 1e-5
+        assert (packed[k:n] - b[len(prompt):]).abs().max() <= 1e-5
+        assert (packed[n:] - c).abs().max() <= 1e-5
+        assert (packed[k:n] - ref[len(prompt):]).abs().max() <= LOGIT_TOL  # the second response as transformers has it
 
 
 def test_save_pretrained_loads_in_transformers(checkpoint, tmp_path):
@@ -251,9 +253,8 @@ def test_generation_refuses_right_padding(generator_pair):
 
 @pytest.mark.parametrize("name", list(ARCH))
 def test_data_pack_layout_equals_separate_sequences(name):
-    # data.pack's prompt-shared stream on a sliding model, prompts and responses longer than the window: each response
-    # token's hidden state equals the same token in <bos> prompt response run alone (which test_logits ties to HF)
-    import data
+    # packing.pack's prompt-shared stream on a sliding model, prompts and responses longer than the window: each
+    # response token's hidden state equals the same token in <bos> prompt response run alone (which test_logits ties to HF)
     cfg = GemmaConfig.from_json(os.path.join(save_random(name), "config.json"))
     torch.manual_seed(0)
     model = Gemma(cfg)
@@ -262,9 +263,9 @@ def test_data_pack_layout_equals_separate_sequences(name):
             p.normal_(0, 0.5) if p.ndim == 1 else p.normal_(0, p.shape[1] ** -0.5)
     examples = [([2] + list(range(10, 22)), [[50, 51, 52], list(range(60, 69))]), ([2, 11], [list(range(70, 80))]),
                 ([2] + list(range(100, 107)), [[80, 81], [82], list(range(83, 90))])]
-    inputs = data.pack(examples, lm=[((0, 1), True), ((0,), True), ((2,), False)])
+    inputs = packing.pack(examples, lm=[((0, 1), True), ((0,), True), ((2,), False)])
     with torch.no_grad():
-        stream = model(inputs["ids"], inputs["blocks"], inputs["pos"])  # (N, D)
+        stream = model(inputs["ids"], inputs["attention"], inputs["pos"])  # (N, D)
         at = 0
         for p, rs in examples:
             start = at
@@ -274,7 +275,7 @@ def test_data_pack_layout_equals_separate_sequences(name):
                 assert (stream[start:start + len(p)] - alone[:len(p)]).abs().max() <= 1e-5
                 assert (stream[at:at + len(r)] - alone[len(p):]).abs().max() <= 1e-5
                 at += len(r)
-        kept = model(inputs["ids"], inputs["blocks"], inputs["pos"], keep=inputs["lm_index"])
+        kept = model(inputs["ids"], inputs["attention"], inputs["pos"], keep=inputs["lm_index"])
         assert (kept - stream[inputs["lm_index"]]).abs().max() <= 1e-5
 
 
