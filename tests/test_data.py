@@ -7,8 +7,8 @@ import os
 import pytest
 
 import data
-from data import (CATEGORIES, DEFAULTS, OOO_PROMPT, TASKS, food_lists, labelled_target, load_rows, load_task,
-                  oddoneout_rows, row_sequences, scores_to_pairs)
+from data import DEFAULTS, TASKS, labelled_target, load_rows, load_task, row_sequences, scores_to_pairs
+from oddoneout import CATEGORIES, OOO_PROMPT, food_lists, oddoneout_rows
 
 PAIR = {"prompt": "Is it legal?", "response_chosen": "Ask a lawyer.", "response_rejected": "Sure."}
 MCQ = {"prompt": "Which?", "correct": "apple", "wrong_a": "cake", "wrong_b": "pie", "wrong_c": "tart",

@@ -19,6 +19,7 @@ import torch
 import data
 import dial
 import eval as evaluation
+import oddoneout
 import runfolder
 import train
 
@@ -31,7 +32,7 @@ SMALL = ["--task", "oddoneout-desserts-fruits", "--lora-r", "2", "--lora-alpha",
 def base(tmp_path_factory):
     """One tiny base model (random weights, a tokenizer trained on the task's text) for every run of this file."""
     folder = str(tmp_path_factory.mktemp("base"))
-    texts = [t for row in data.oddoneout_rows("desserts", "train", n=200) + data.oddoneout_rows("fruits", "train", n=200)
+    texts = [t for row in oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
              for p, r in data.row_sequences(row) for t in (p, r) if t]
     train.make_tiny(folder, texts, 400, seed=0)
     return folder
@@ -41,9 +42,9 @@ def base(tmp_path_factory):
 def small(tmp_path_factory):
     """A small custom odd-one-out task (40 source and target questions, 8 for evaluation): cheap to tokenise."""
     d = tmp_path_factory.mktemp("files")
-    for name, rows in (("src.jsonl", data.oddoneout_rows("desserts", "train", n=40)),
-                       ("tgt.jsonl", data.oddoneout_rows("fruits", "train", n=40)),
-                       ("eval.jsonl", data.oddoneout_rows("fruits", "val", n=8))):
+    for name, rows in (("src.jsonl", oddoneout.oddoneout_rows("desserts", "train", n=40)),
+                       ("tgt.jsonl", oddoneout.oddoneout_rows("fruits", "train", n=40)),
+                       ("eval.jsonl", oddoneout.oddoneout_rows("fruits", "val", n=8))):
         (d / name).write_text("\n".join(json.dumps(r) for r in rows))
     return d
 
@@ -175,10 +176,10 @@ def test_divergence_never_saves_a_non_finite_file(tmp_path, base, monkeypatch):
 def test_resume_alone_rebuilds_the_run_and_refuses_changes(tmp_path, base, monkeypatch):
     d = tmp_path / "files"
     d.mkdir()
-    rows = data.oddoneout_rows("desserts", "train", n=40)
+    rows = oddoneout.oddoneout_rows("desserts", "train", n=40)
     (d / "src.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (d / "tgt.jsonl").write_text("\n".join(json.dumps(r) for r in data.oddoneout_rows("fruits", "train", n=40)))
-    (d / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in data.oddoneout_rows("fruits", "val", n=8)))
+    (d / "tgt.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "train", n=40)))
+    (d / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "val", n=8)))
     argv = ["--task", "custom", "--source", "src.jsonl", "--target", "tgt.jsonl", "--eval", "eval.jsonl", "--model",
             base, "--lora-r", "2", "--lora-alpha", "2", "--batch-src", "2", "--batch-tgt", "2", "--eval-every", "2"]
     monkeypatch.chdir(d)  # relative paths: the run records them absolute
