@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 import data
 import dial
+import formats
 import packing
 import runfolder
 from lora import load_adapter
@@ -104,7 +105,7 @@ def rewards(model, examples, batch_size=16, device="cpu"):
 def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
     """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
     {"pearson", "spearman"} between reward and score for scored texts; for rated texts ("rated": scores rows with a
-    mean human rating) {"acc"} on the pairs data.score_pairs makes of their scores, and "pearson", "spearman" between
+    mean human rating) {"acc"} on the pairs formats.score_pairs makes of their scores, and "pearson", "spearman" between
     reward and rating. A non-finite reward is a failure in every metric (see the metrics above), and the number of
     such rewards is reported as "non_finite"."""
     r = rewards(model, examples, batch_size, device)
@@ -116,7 +117,7 @@ def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
         r = r.reshape(len(examples), -1)  # correct, then the wrong answers
         return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:]), **bad}
     if metric == "rated":
-        chosen, rejected = np.array(data.score_pairs([row["label"] for row in rows])).T
+        chosen, rejected = np.array(formats.score_pairs([row["label"] for row in rows])).T
         ratings = [row["rating"] for row in rows]
         return {"acc": pairwise_accuracy(r[chosen], r[rejected]), "pearson": pearson(r, ratings),
                 "spearman": spearman(r, ratings), **bad}

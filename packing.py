@@ -23,7 +23,7 @@ import random
 import torch
 
 import dial
-from data import row_sequences
+from formats import row_sequences
 
 SEPARATOR = "\n\n"  # between prompt and response, unless the prompt already ends in whitespace (odd-one-out)
 ROW_MULTIPLE = 64  # row length rounded up to this: few distinct shapes, and aligned as GPU attention kernels want (8, 16)

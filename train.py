@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 import data
 import dial
+import formats
 import packing
 import runfolder
 from eval import command, evaluate
@@ -231,7 +232,7 @@ def model_folder(cfg, task):
         folder = os.path.join(cfg["out"], "base")
         if not os.path.isdir(folder):
             texts = [t for rows in (task["source"], task["target"]) for row in rows[:20000]
-                     for p, r in data.row_sequences(row) for t in (p, r) if t]
+                     for p, r in formats.row_sequences(row) for t in (p, r) if t]
             runfolder.write_atomically(folder, lambda tmp: make_tiny(tmp, texts, cfg["tiny_vocab"], cfg["seed"]))
         return folder
     if not os.path.isdir(cfg["model"]):

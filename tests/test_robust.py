@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import data
+import formats
 import dial
 import eval as evaluation
 import oddoneout
@@ -33,7 +34,7 @@ def base(tmp_path_factory):
     """One tiny base model (random weights, a tokenizer trained on the task's text) for every run of this file."""
     folder = str(tmp_path_factory.mktemp("base"))
     texts = [t for row in oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
-             for p, r in data.row_sequences(row) for t in (p, r) if t]
+             for p, r in formats.row_sequences(row) for t in (p, r) if t]
     train.make_tiny(folder, texts, 400, seed=0)
     return folder
 
