@@ -33,7 +33,8 @@ SMALL = ["--task", "oddoneout-desserts-fruits", "--lora-r", "2", "--lora-alpha",
 def base(tmp_path_factory):
     """One tiny base model (random weights, a tokenizer trained on the task's text) for every run of this file."""
     folder = str(tmp_path_factory.mktemp("base"))
-    texts = [t for row in oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
+    rows = oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
+    texts = [t for row in rows
              for p, r in formats.row_sequences(row) for t in (p, r) if t]
     train.make_tiny(folder, texts, 400, seed=0)
     return folder
@@ -41,11 +42,12 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A small custom odd-one-out task (40 source and target questions, 8 for evaluation): cheap to tokenise."""
+    """A small custom odd-one-out task (40 source and target questions, 8 for validation, 8 for test): cheap."""
     d = tmp_path_factory.mktemp("files")
     for name, rows in (("src.jsonl", oddoneout.oddoneout_rows("desserts", "train", n=40)),
                        ("tgt.jsonl", oddoneout.oddoneout_rows("fruits", "train", n=40)),
-                       ("eval.jsonl", oddoneout.oddoneout_rows("fruits", "val", n=8))):
+                       ("val.jsonl", oddoneout.oddoneout_rows("fruits", "val", n=8)),
+                       ("test.jsonl", oddoneout.oddoneout_rows("fruits", "test", n=8))):
         (d / name).write_text("\n".join(json.dumps(r) for r in rows))
     return d
 
@@ -180,9 +182,10 @@ def test_resume_alone_rebuilds_the_run_and_refuses_changes(tmp_path, base, monke
     rows = oddoneout.oddoneout_rows("desserts", "train", n=40)
     (d / "src.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (d / "tgt.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "train", n=40)))
-    (d / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "val", n=8)))
-    argv = ["--task", "custom", "--source", "src.jsonl", "--target", "tgt.jsonl", "--eval", "eval.jsonl", "--model",
-            base, "--lora-r", "2", "--lora-alpha", "2", "--batch-src", "2", "--batch-tgt", "2", "--eval-every", "2"]
+    (d / "val.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "val", n=8)))
+    (d / "test.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "test", n=8)))
+    argv = ["--task", "custom", "--source", "src.jsonl", "--target", "tgt.jsonl", "--val", "val.jsonl", "--test",
+            "test.jsonl", "--model", base, "--lora-r", "2", "--lora-alpha", "2", "--batch-src", "2", "--batch-tgt", "2", "--eval-every", "2"]
     monkeypatch.chdir(d)  # relative paths: the run records them absolute
     full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "4", *argv])
     train.main(["--out", str(tmp_path / "half"), "--max-steps", "2", *argv])
@@ -218,7 +221,8 @@ class Killed(BaseException):
 
 def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, small, monkeypatch):
     argv = ["--model", base, "--max-steps", "2", "--eval-every", "2", *SMALL, "--task", "custom", "--source",
-            str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval", str(small / "eval.jsonl")]
+            str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--val", str(small / "val.jsonl"),
+            "--test", str(small / "test.jsonl")]
     train.main(["--out", str(tmp_path / "straight"), *argv])
     expected = result(str(tmp_path / "straight"))
     real_replace, real_open_log = os.replace, runfolder.open_log
@@ -278,8 +282,8 @@ def test_a_kill_while_base_is_built_heals(tmp_path, monkeypatch):
 def test_sigterm_saves_and_resumes(tmp_path, base, small):
     """SIGTERM at whatever step the run is in (the outcome may not depend on it): saved, resumable, the same result."""
     argv = ["--model", base, "--max-steps", "100000", "--eval-every", "100000", *SMALL, "--task", "custom",
-            "--source", str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval",
-            str(small / "eval.jsonl")]
+            "--source", str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--val",
+            str(small / "val.jsonl"), "--test", str(small / "test.jsonl")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}  # every part of the comparison: one thread
     command = [sys.executable, os.path.join(REPO, "train.py")]
     out, log = str(tmp_path / "run"), str(tmp_path / "run" / "metrics.jsonl")
@@ -335,8 +339,11 @@ def test_bad_input_gets_one_sentence(tmp_path, base):
         ([*out, "--tiny-vocab", "270", "--model", "tiny"], "--tiny-vocab 270: SentencePiece cannot train"),
         ([*out, "--model", big], r"tokenizer.model has \d+ pieces but the model's vocab_size is"),
         (["--lr", "0.1"], "--lr needs a --task"),
-        ([*out, "--task", "custom", "--source", str(tmp_path), "--target", "t", "--eval", "e"],
+        ([*out, "--task", "custom", "--source", str(tmp_path), "--target", "t", "--val", "v", "--test", "e"],
          f"{tmp_path} is a folder: expected a JSON list or JSON lines file"),
+        ([*out, "--task", "custom", "--eval", "e"], "--eval is gone: give --val .* and --test"),
+        ([*out, "--n-source", "0"], "--n-source must be at least 1"),
+        ([*out, "--n-target", "1001"], r"--n-target 1001 asks for more target rows than the task has \(1000\)"),
         (["--out", truncated, "--resume"], "state.safetensors is damaged or not a training state"),
         (["--out", str(tmp_path / "nowhere"), "--resume"], "nothing to resume"),
     ]
