@@ -200,6 +200,7 @@ def resumed(args):
         same = new == old or (key in PATHS and None not in (new, old) and "tiny" not in (new, old)
                               and os.path.realpath(new) == os.path.realpath(old))
         if not same:
+            new, old = (json.dumps(v) if isinstance(v, str) and not v.strip() else v for v in (new, old))  # '', \n\n
             raise ValueError(f"--{key.replace('_', '-')} {new} differs from the run's {old} ({path}): a resumed run "
                              "keeps its own settings, so leave the flag out, or start a new run with another --out")
     if saved.get("processes", 1) != world()[1]:

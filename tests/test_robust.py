@@ -169,7 +169,8 @@ def test_divergence_never_saves_a_non_finite_file(tmp_path, base, monkeypatch):
                                          r"\(step 0\) is finite"):
         train.main(["--out", str(tmp_path / "huge"), "--model", base, "--lr", "2e38", "--max-steps", "2", *SMALL])
     runfolder.check_finite(runfolder.read_state(str(tmp_path / "huge" / runfolder.STATE))["model"], "saved")
-    assert not os.path.exists(tmp_path / "huge" / "adapter")
+    assert runfolder.read_state(str(tmp_path / "huge" / runfolder.STATE))["best"]["step"] == 0  # step 0's evaluation
+    evaluation.load_reward_model(str(tmp_path / "huge"))  # its adapter, the only one saved: finite
 
 
 # -----------------------------------------------------------------------------
@@ -190,7 +191,9 @@ def test_resume_alone_rebuilds_the_run_and_refuses_changes(tmp_path, base, monke
     full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "4", *argv])
     train.main(["--out", str(tmp_path / "half"), "--max-steps", "2", *argv])
     for flag, value in (("--task", "oddoneout-desserts-fruits"), ("--source", "tgt.jsonl"), ("--lora-r", "4"),
-                        ("--method", "src-pref"), ("--seed", "1")):
+                        ("--method", "src-pref"), ("--seed", "1"), ("--test", "val.jsonl"), ("--n-source", "10"),
+                        ("--n-target", "10"), ("--truncation", "right"), ("--ties", "correct"),
+                        ("--lm-loss", "detached"), ("--separator", "")):
         with pytest.raises(SystemExit, match=f"{flag} .* differs from the run's .*: a resumed run keeps its own"):
             train.main(["--out", str(tmp_path / "half"), "--resume", flag, value])
     monkeypatch.chdir(tmp_path)  # from elsewhere, --out and --resume alone are enough
