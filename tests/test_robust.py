@@ -293,13 +293,13 @@ def test_sigterm_saves_and_resumes(tmp_path, base, small):
     p = subprocess.Popen([*command, "--out", out, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 2):
+    while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 3):
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1 and f"continue with `python train.py --out {out} --resume`" in err, err[-2000:]
     stopped = runfolder.read_state(os.path.join(out, runfolder.STATE))["step"]
-    assert stopped >= 2 and open(log).read().count("\n") == stopped
+    assert stopped >= 2 and open(log).read().count("\n") == stopped + 1  # step 0's evaluation, then the steps
     subprocess.run([*command, "--out", out, "--resume", "--max-steps", str(stopped + 1)], env=env, check=True,
                    capture_output=True)
     argv[argv.index("100000")] = str(stopped + 1)
