@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 
-import data
 import formats
 import oddoneout
 import runfolder

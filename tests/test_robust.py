@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import formats
 import dial
 import eval as evaluation
+import formats
 import oddoneout
 import runfolder
 import train
