@@ -236,6 +236,7 @@ def sweep(runs_dir, png):
         if method == "dial":
             points["mix"].setdefault(n_s + n_t, []).append((n_t / (n_s + n_t), *mean_se(x), len(x)))
         points["scale"].setdefault((method, n_s), []).append((n_t, *mean_se(x), len(x)))
+    points = {panel: {k: sorted(v) for k, v in lines.items()} for panel, lines in points.items()}  # along x
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for total, pts in sorted(points["mix"].items()):
         if len(pts) > 1:
@@ -302,7 +303,7 @@ def main(argv=None):
         if args.sweep:
             for panel, lines in sweep(args.sweep, args.output).items():
                 for key, pts in lines.items():
-                    print(panel, key, [(round(x, 3), round(m, 4), n) for x, m, _, n in pts])
+                    print(panel, key, [(round(float(x), 3), round(float(m), 4), n) for x, m, _, n in pts])
             print(f"wrote {args.output}")
             return
         if not args.run:
