@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
+import oddoneout
 import runfolder
 from gemma import Gemma, GemmaConfig, Tokenizer
 from train import parse_args, resolve, run, train_tokenizer
@@ -20,10 +20,10 @@ from train import parse_args, resolve, run, train_tokenizer
 def pretrain(folder, steps=400, seed=0, batch=32):
     """The demo's base model: a tiny Gemma pre-trained by next-token prediction on lists of five foods of one
     category (all five categories), its small "world knowledge", as Gemma's pre-training is for the real runs."""
-    lists, rng = data.food_lists(), random.Random(seed)
-    texts = [", ".join(rng.sample(lists[rng.choice(data.CATEGORIES)], 5)) + "\n" for _ in range(steps * batch)]
+    lists, rng = oddoneout.food_lists(), random.Random(seed)
+    texts = [", ".join(rng.sample(lists[rng.choice(oddoneout.CATEGORIES)], 5)) + "\n" for _ in range(steps * batch)]
     os.makedirs(folder, exist_ok=True)
-    train_tokenizer(texts[:5000] + [data.OOO_PROMPT], os.path.join(folder, "tokenizer.model"), 1000)
+    train_tokenizer(texts[:5000] + [oddoneout.OOO_PROMPT], os.path.join(folder, "tokenizer.model"), 1000)
     tok = Tokenizer(os.path.join(folder, "tokenizer.model"))
     torch.manual_seed(seed)
     cfg = GemmaConfig.tiny()

@@ -37,6 +37,7 @@ class DialConfig:
     critic_lr: float = 1e-4
     critic_weight_decay: float = 1e-3
     lm_weight: float = 1.0            # weight of the next-token loss of src-pref-sft and src-pref-tgt-ntp
+    lm_detach: bool = False           # True: the released code's float, logged but with no gradient (no effect)
 
 # -----------------------------------------------------------------------------
 # the model: backbone, reward head (phi), critic (psi)
@@ -189,7 +190,8 @@ def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=Non
                 raise ValueError(f"method {method!r} adds the backbone's next-token loss, but the backbone returned "
                                  "None: flag the " + ("source chosen" if method == "src-pref-sft" else "target")
                                  + " tokens in the inputs")
-            loss = loss + cfg.lm_weight * lm_loss  # a tensor with its graph: the released code added a float here
+            # a tensor with its graph; the released code added a float here (lm_detach reproduces it)
+            loss = loss + cfg.lm_weight * (lm_loss.detach() if cfg.lm_detach else lm_loss)
             out["lm"] = lm_loss
         if method == "dial":
             chosen, rejected, tgt = emb[batch["src_chosen"]], emb[batch["src_rejected"].reshape(-1)], emb[batch["tgt"]]

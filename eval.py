@@ -2,7 +2,8 @@
 Evaluation: the paper's metrics in numpy (numpy arrays in, floats out).
 
 Where we differ from the authors' code: a tie between chosen and rejected rewards counts half, not as correct (their
-argmax picks the first of equal scores, so identical truncated pairs, which always tie in bf16, counted as wins).
+argmax picks the first of equal scores, so identical truncated pairs, which always tie in bf16, counted as wins);
+ties="correct" (train.py --ties correct) reproduces theirs.
 """
 import contextlib
 import json
@@ -15,28 +16,34 @@ import torch.distributed as dist
 
 import data
 import dial
+import formats
 import packing
 import runfolder
 from lora import load_adapter
 
 
-def pairwise_accuracy(r_chosen, r_rejected):
-    """Fraction of pairs where the chosen response gets the higher reward; ties count half; a pair with a non-finite
-    reward counts as a failure (0), never as a win or a tie."""
+TIES = ("half", "correct")
+
+
+def pairwise_accuracy(r_chosen, r_rejected, ties="half"):
+    """Fraction of pairs where the chosen response gets the higher reward; ties count half (ties="correct": as a
+    win, the released code's rule); a pair with a non-finite reward counts as a failure (0), never as a win or a tie."""
     r_chosen, r_rejected = np.asarray(r_chosen, dtype=np.float64), np.asarray(r_rejected, dtype=np.float64)
     ok = np.isfinite(r_chosen) & np.isfinite(r_rejected)
-    return float(np.mean(ok * ((r_chosen > r_rejected) + 0.5 * (r_chosen == r_rejected))))
+    tie = {"half": 0.5, "correct": 1.0}[ties]
+    return float(np.mean(ok * ((r_chosen > r_rejected) + tie * (r_chosen == r_rejected))))
 
 
-def mcq_accuracy(r_correct, r_wrong):
+def mcq_accuracy(r_correct, r_wrong, ties="half"):
     """r_correct (N,), r_wrong (N, K): fraction of questions whose correct answer gets the strictly highest reward;
-    a tie for the top among m answers counts 1/m (the expected score of breaking ties at random); a question with a
-    non-finite reward among its answers counts 0 (NaN compares false with everything, so it would look like a win)."""
+    a tie for the top among m answers counts 1/m (the expected score of breaking ties at random; ties="correct":
+    1, as the released code's argmax, which picks the correct answer, listed first); a question with a non-finite
+    reward among its answers counts 0 (NaN compares false with everything, so it would look like a win)."""
     r_correct, r_wrong = np.asarray(r_correct, dtype=np.float64), np.asarray(r_wrong, dtype=np.float64)
     ok = np.isfinite(r_correct) & np.isfinite(r_wrong).all(1)
     above = (r_wrong > r_correct[:, None]).sum(1)
     tied = (r_wrong == r_correct[:, None]).sum(1)
-    return float(np.mean(ok * (above == 0) / (1 + tied)))
+    return float(np.mean(ok * (above == 0) / (1 + {"half": tied, "correct": 0 * tied}[ties])))
 
 
 def mcq_rank(r_correct, r_wrong):
@@ -101,24 +108,25 @@ def rewards(model, examples, batch_size=16, device="cpu"):
     return torch.cat([out[b] for b in sorted(out)]).numpy()
 
 
-def evaluate(model, rows, examples, metric, batch_size=16, device="cpu"):
+def evaluate(model, rows, examples, metric, batch_size=16, device="cpu", ties="half"):
     """The task's metrics on tokenised evaluation examples: {"acc"} for pairs, {"acc", "rank"} for multiple choice,
     {"pearson", "spearman"} between reward and score for scored texts; for rated texts ("rated": scores rows with a
-    mean human rating) {"acc"} on the pairs data.score_pairs makes of their scores, and "pearson", "spearman" between
+    mean human rating) {"acc"} on the pairs formats.score_pairs makes of their scores, and "pearson", "spearman" between
     reward and rating. A non-finite reward is a failure in every metric (see the metrics above), and the number of
-    such rewards is reported as "non_finite"."""
+    such rewards is reported as "non_finite". ties: how accuracies count a tie ("half", or "correct" as the released
+    code did)."""
     r = rewards(model, examples, batch_size, device)
     bad = {"non_finite": int((~np.isfinite(r)).sum())} if not np.isfinite(r).all() else {}
     if metric == "pairwise":
         r = r.reshape(-1, 2)  # chosen, rejected
-        return {"acc": pairwise_accuracy(r[:, 0], r[:, 1]), **bad}
+        return {"acc": pairwise_accuracy(r[:, 0], r[:, 1], ties), **bad}
     if metric == "mcq":
         r = r.reshape(len(examples), -1)  # correct, then the wrong answers
-        return {"acc": mcq_accuracy(r[:, 0], r[:, 1:]), "rank": mcq_rank(r[:, 0], r[:, 1:]), **bad}
+        return {"acc": mcq_accuracy(r[:, 0], r[:, 1:], ties), "rank": mcq_rank(r[:, 0], r[:, 1:]), **bad}
     if metric == "rated":
-        chosen, rejected = np.array(data.score_pairs([row["label"] for row in rows])).T
+        chosen, rejected = np.array(formats.score_pairs([row["label"] for row in rows])).T
         ratings = [row["rating"] for row in rows]
-        return {"acc": pairwise_accuracy(r[chosen], r[rejected]), "pearson": pearson(r, ratings),
+        return {"acc": pairwise_accuracy(r[chosen], r[rejected], ties), "pearson": pearson(r, ratings),
                 "spearman": spearman(r, ratings), **bad}
     labels = [row["label"] for row in rows]
     return {"pearson": pearson(r, labels), "spearman": spearman(r, labels), **bad}
@@ -133,7 +141,8 @@ def load_reward_model(run_dir, device="cpu"):
     cfg = runfolder.read_json(path, "the config of a train.py run")
     for key, types in (("model", str), ("critic_act", str), ("task", str), ("data_dir", str), ("data_seed", int),
                        ("max_len", int), ("separator", str), ("eval_batch", int), ("eval_rows", (int, type(None))),
-                       ("source", (str, type(None))), ("target", (str, type(None))), ("eval", (str, type(None)))):
+                       ("source", (str, type(None))), ("target", (str, type(None))), ("val", (str, type(None))),
+                       ("test", (str, type(None))), ("truncation", str), ("ties", str)):
         if not isinstance(cfg.get(key), types) or isinstance(cfg.get(key), bool):
             raise ValueError(f"{path}: field '{key}' is {cfg.get(key)!r:.60}, not what train.py writes there")
     folder = os.path.join(run_dir, "base") if cfg["model"] == "tiny" else cfg["model"]
@@ -156,34 +165,102 @@ def load_reward_model(run_dir, device="cpu"):
 # the command line: re-evaluate a run, or tabulate many
 
 
-def table(runs_dir):
-    """Markdown table of the test metric, task x method, mean +- standard error over seeds (the paper's layout)."""
-    results = {}  # (task, method) -> [test metric per seed]
+def summaries(runs_dir):
+    """Every finished run below runs_dir: its summary.json, checked for the fields the tables and plots read."""
+    out = []
     for here, _, files in sorted(os.walk(runs_dir)):
         if "summary.json" in files:
             path = os.path.join(here, "summary.json")
             s = runfolder.read_json(path, "the summary of a train.py run")
-            try:
-                key, value = (s["task"], s["method"]), s["test"][s["metric"]]
-                if not isinstance(value, (int, float)) or not isinstance(key[0], str) or not isinstance(key[1], str):
-                    raise TypeError
-            except (KeyError, TypeError):
+            test = s.get("test") if isinstance(s, dict) else None
+            if not (isinstance(test, dict) and isinstance(s.get("task"), str) and isinstance(s.get("method"), str)
+                    and isinstance(test.get(s.get("metric")), (int, float))):
                 raise ValueError(f"{path} lacks its task, method, metric or test result (expected the summary.json "
-                                 "that train.py writes at the end of a run)") from None
-            results.setdefault(key, []).append(value)
-    if not results:
+                                 "that train.py writes at the end of a run)")
+            out.append((path, s))
+    if not out:
         raise FileNotFoundError(f"no summary.json below {runs_dir}: no finished run to tabulate")
-    tasks = sorted({t for t, _ in results})
+    return out
+
+
+def mean_se(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x.mean(), (x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0)
+
+
+def table(runs_dir):
+    """Markdown table of every test metric of each task (the main one first: Pearson and Spearman for the essays;
+    acc, Pearson and Spearman for the rated sentiment tasks), task x method, mean +- standard error over seeds (the
+    paper's layout), the number of seeds in brackets."""
+    results, metrics = {}, {}  # (task, method) -> [test metrics per seed]; task -> its metrics, main first
+    for _, s in summaries(runs_dir):
+        results.setdefault((s["task"], s["method"]), []).append(s["test"])
+        names = metrics.setdefault(s["task"], [s["metric"]])
+        names += [k for k in s["test"] if k not in names and k != "non_finite"]
+    tasks = sorted(metrics)
     methods = [m for m in dial.METHODS if any((t, m) in results for t in tasks)]
-    lines = ["| task | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    lines = ["| task | metric | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
     for t in tasks:
-        cells = []
-        for m in methods:
-            x = np.array(results.get((t, m), []))
-            se = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else 0.0
-            cells.append("" if not len(x) else f"{x.mean():.3f}" + (f" +- {se:.3f}" if len(x) > 1 else "") + f" ({len(x)})")
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        for name in metrics[t]:
+            cells = []
+            for m in methods:
+                x = [r[name] for r in results.get((t, m), []) if isinstance(r.get(name), (int, float))]
+                mean, se = mean_se(x) if x else (0, 0)
+                cells.append("" if not x else f"{mean:.3f}" + (f" +- {se:.3f}" if len(x) > 1 else "") + f" ({len(x)})")
+            lines.append(f"| {t} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def sweep(runs_dir, png):
+    """Paper Fig. 4 from runs of train.py --n-source / --n-target (their summaries say how many rows each used):
+    (a) DIAL's test metric against the share of target rows in its data, n_tgt / (n_src + n_tgt), one line per
+    total; (b) the test metric against the number of target rows, DIAL (unlabelled) vs Src-Tgt-Pref* (labelled), one
+    line per method and number of source rows. Mean +- standard error over seeds. Returns the points plotted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = {}  # (method, n_src, n_tgt) -> [test metric per seed]
+    task_metric = set()
+    for path, s in summaries(runs_dir):
+        n = s.get("rows")
+        if not (isinstance(n, dict) and all(isinstance(n.get(k), int) for k in ("source", "target"))):
+            raise ValueError(f"{path} does not say how many source and target rows the run used (field 'rows'): "
+                             "it was written by an older train.py; rerun it")
+        if s["method"] in ("dial", "src-tgt-pref"):
+            groups.setdefault((s["method"], n["source"], n["target"]), []).append(s["test"][s["metric"]])
+            task_metric.add((s["task"], s["metric"]))
+    if not groups:
+        raise FileNotFoundError(f"no dial or src-tgt-pref run below {runs_dir}: nothing to plot")
+    points = {"mix": {}, "scale": {}}
+    for (method, n_s, n_t), x in sorted(groups.items()):
+        if method == "dial":
+            points["mix"].setdefault(n_s + n_t, []).append((n_t / (n_s + n_t), *mean_se(x), len(x)))
+        points["scale"].setdefault((method, n_s), []).append((n_t, *mean_se(x), len(x)))
+    points = {panel: {k: sorted(v) for k, v in lines.items()} for panel, lines in points.items()}  # along x
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for total, pts in sorted(points["mix"].items()):
+        if len(pts) > 1:
+            f, m, e, _ = zip(*pts)
+            axes[0].errorbar(f, m, yerr=e, marker="o", capsize=3, label=f"DIAL, {total} rows in all")
+    for (method, n_s), pts in sorted(points["scale"].items()):
+        if len(pts) > 1:
+            n, m, e, _ = zip(*pts)
+            label = ("DIAL (unlabelled target)" if method == "dial" else "Src-Tgt-Pref* (labelled target)")
+            axes[1].errorbar(n, m, yerr=e, marker="o", capsize=3, label=f"{label}, {n_s} source")
+    metric = " / ".join(sorted({m for _, m in task_metric}))
+    axes[0].set(xlabel="target share of the data, n_tgt / (n_src + n_tgt)", ylabel=f"target test {metric}",
+                title="(a) source / target mix")
+    axes[1].set(xlabel="target rows", ylabel=f"target test {metric}", title="(b) amount of target data",
+                xscale="log")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(", ".join(sorted({t for t, _ in task_metric})) + " (mean +- s.e. over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return points
 
 
 @contextlib.contextmanager
@@ -213,7 +290,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Re-evaluate a trained run, or tabulate finished runs.")
     p.add_argument("run", nargs="?", help="a run folder written by train.py")
     p.add_argument("--split", default="test", choices=("val", "test"))
-    p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
+    p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, every metric, mean +- s.e. over seeds")
+    p.add_argument("--sweep", metavar="RUNS_DIR", help="plot paper Fig. 4 from runs of train.py --n-source/--n-target")
+    p.add_argument("-o", "--output", default="fig4.png", help="the PNG of --sweep")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
@@ -221,13 +300,20 @@ def main(argv=None):
         if args.table:
             print(table(args.table))
             return
+        if args.sweep:
+            for panel, lines in sweep(args.sweep, args.output).items():
+                for key, pts in lines.items():
+                    print(panel, key, [(round(float(x), 3), round(float(m), 4), n) for x, m, _, n in pts])
+            print(f"wrote {args.output}")
+            return
         if not args.run:
-            p.error("give a run folder, or --table RUNS_DIR")
+            p.error("give a run folder, or --table RUNS_DIR, or --sweep RUNS_DIR")
         model, tok, cfg = load_reward_model(args.run, args.device)
-        task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], cfg["data_seed"])
+        task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["val"], cfg["test"],
+                              cfg["data_seed"])
         rows = task[args.split][:cfg["eval_rows"]]
-        examples = packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"])
-        metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device)
+        examples = packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"], cfg["truncation"])
+        metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device, cfg["ties"])
         print(json.dumps({"run": args.run, "split": args.split, **metrics}))
         return metrics
 

@@ -23,21 +23,33 @@ import random
 import torch
 
 import dial
-from data import row_sequences
+from formats import row_sequences
 
 SEPARATOR = "\n\n"  # between prompt and response, unless the prompt already ends in whitespace (odd-one-out)
+TRUNCATIONS = ("prompt", "right")  # ours (the prompt is cut first, from the left) and the released code's
 ROW_MULTIPLE = 64  # row length rounded up to this: few distinct shapes, and aligned as GPU attention kernels want (8, 16)
 
 
-def tokenize(rows, tok, max_len=1024, separator=SEPARATOR):
+def tokenize(rows, tok, max_len=1024, separator=SEPARATOR, truncation="prompt"):
     """rows -> examples (prompt ids, [response ids]) with <bos> + prompt + separator + response_k at most max_len
-    tokens for every k. The prompt is cut first, from the left (after <bos>), so that the end of the post and the
-    whole response stay; a response alone longer than max_len - 1 tokens keeps its first max_len - 1."""
+    tokens for every k. truncation "prompt": the prompt is cut first, from the left (after <bos>), so that the end of
+    the post and the whole response stay; a response alone longer than max_len - 1 tokens keeps its first max_len - 1.
+    truncation "right" (the released code's): each sequence <bos> + prompt + separator + response_k is cut on the
+    right to max_len tokens; a prompt of max_len tokens or more leaves no response at all, so every response of the
+    row is the same sequence, the prompt's first max_len tokens (here: its first max_len - 1, then its next token as
+    the "response"), and all of them get the same reward."""
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"unknown truncation {truncation!r}; expected one of {', '.join(TRUNCATIONS)}")
     examples = []
     for row in rows:
         seqs = row_sequences(row)
         prompt = seqs[0][0]
         p = tok.encode(prompt + ("" if not prompt or prompt[-1].isspace() else separator)) if prompt else [tok.bos_id]
+        if truncation == "right":
+            rs = [tok.encode(r, bos=False) for _, r in seqs]
+            cut = [r[:max_len - len(p)] for r in rs]
+            examples.append((p, cut) if len(p) < max_len else (p[:max_len - 1], [p[max_len - 1:max_len]] * len(rs)))
+            continue
         rs = [tok.encode(r, bos=False)[:max_len - 1] for _, r in seqs]
         keep = max_len - max(len(r) for r in rs)  # >= 1: room for <bos> at least
         examples.append(([p[0]] + p[len(p) - keep + 1:] if len(p) > keep else p, rs))

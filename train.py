@@ -14,8 +14,9 @@ changed since the run started is refused. Training is finite or stops: a non-fin
 without saving that step.
 
 The loop is the paper's: each step takes B_src source and B_tgt target examples (the smaller domain cycles), packs
-them into one backbone input (packing.py), and calls dial.train_step; evaluation on validation every --eval-every steps
-and at every epoch's end; the best validation checkpoint is evaluated on test at the end.
+them into one backbone input (packing.py), and calls dial.train_step; evaluation on validation at step 0 (before any
+update, as the authors did), every --eval-every steps and at every epoch's end; the best validation checkpoint is
+evaluated on test at the end.
 """
 import argparse
 import contextlib
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 import data
 import dial
+import formats
 import packing
 import runfolder
 from eval import command, evaluate
@@ -59,7 +61,10 @@ def parser():
     a("--data-seed", type=int, default=0, help="seed of generated data (odd-one-out, score-to-pair sampling)")
     a("--source", help="custom task: labelled source file (JSON or JSON lines)")
     a("--target", help="custom task: unlabelled target file")
-    a("--eval", help="custom task: labelled evaluation file (used as validation and test)")
+    a("--val", help="custom task: labelled validation file (it chooses the checkpoint)")
+    a("--test", help="custom task: labelled test file (it reports the chosen checkpoint; never the --val file)")
+    a("--n-source", type=int, help="use only N labelled source rows (a seeded, nested subset; paper Fig. 4)")
+    a("--n-target", type=int, help="use only N target training rows: unlabelled for DIAL, labelled for the oracles")
     g = p.add_argument_group("optimisation (default: the paper's value for the task)")
     g.add_argument("--epochs", type=float)
     g.add_argument("--lr", type=float)
@@ -81,11 +86,19 @@ def parser():
     g.add_argument("--critic-act", default="gelu", choices=("gelu", "none"),
                    help="'none' reproduces the authors' released critic, which had no activation")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the SFT / NTP loss of the baselines")
+    g.add_argument("--lm-loss", default="trained", choices=("trained", "detached"),
+                   help="'detached' reproduces the released code: the SFT / NTP loss logged, with no gradient")
     g = p.add_argument_group("evaluation and system")
     g.add_argument("--eval-every", type=int, help="steps between evaluations on validation (and every epoch end)")
     g.add_argument("--eval-batch", type=int, default=16, help="examples per evaluation batch")
     g.add_argument("--eval-rows", type=int, help="evaluate on the first N rows of val and test only")
-    g.add_argument("--separator", default=packing.SEPARATOR, help="between prompt and response")
+    g.add_argument("--separator", default=packing.SEPARATOR, help="between prompt and response ('': the released one)")
+    g.add_argument("--truncation", default="prompt", choices=packing.TRUNCATIONS,
+                   help="'prompt': the prompt is cut first, from the left; 'right' reproduces the released code:\n"
+                        "<bos> prompt response cut on the right as one sequence (a long prompt cuts every response)")
+    g.add_argument("--ties", default="half", choices=("half", "correct"),
+                   help="a tie between chosen and rejected rewards counts half; 'correct' reproduces the released\n"
+                        "code, which counted it as a win")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
@@ -94,6 +107,10 @@ def parser():
 
 def parse_args(argv=None):
     """The flags, and in args.given the names of those given on the command line (resume compares only these)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--eval" or a.startswith("--eval=") for a in argv):  # the old single file: refused, not guessed
+        sys.exit("error: --eval is gone: give --val (it chooses the checkpoint) and --test (it reports it), two files "
+                 "of different rows, so that the test metric is not measured on the data that chose the model")
     args = parser().parse_args(argv)
     q = parser()
     for a in q._actions:
@@ -107,7 +124,7 @@ def parse_args(argv=None):
 # the checks of every numeric flag: (flags, test, what the flag must be)
 FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
-            "eval_rows"), lambda v: v >= 1, "at least 1"),
+            "eval_rows", "n_source", "n_target"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
@@ -130,9 +147,10 @@ def check(cfg):
 def resolve(args):
     """Fills every default (the paper's value for this task) and returns (config dict, task)."""
     check(vars(args))  # the flags given, before the defaults (which are good) fill the rest
-    task = data.load_task(args.task, args.data_dir, args.source, args.target, args.eval, seed=args.data_seed)
+    task = load(args)
     src_only = args.method == "src-pref"  # the paper's source-only baseline has its own batch size and schedule
     d = {k: task[k + "_src_only" if src_only and k + "_src_only" in task else k] for k in data.DEFAULTS}
+    d.update(task["tgt_only"] if args.method == "tgt-pref" else {})  # so may the target-only oracle (essays, A.5)
     cfg = {k: v for k, v in vars(args).items() if k != "resume"}
     for key, default in (("epochs", d["epochs"]), ("lr", d["lr"]), ("weight_decay", d["weight_decay"]),
                          ("batch_src", d["batch_src_only"] if src_only else d["batch_src"]),
@@ -153,7 +171,11 @@ def resolve(args):
 
 
 CHANGE_ON_RESUME = ("out", "resume", "max_steps", "device", "lr")  # --lr: a deliberate override, logged
-PATHS = ("source", "target", "eval", "data_dir", "model")
+PATHS = ("source", "target", "val", "test", "data_dir", "model")
+
+
+def load(c):  # the task of a run's settings: the flags, or a saved config as a namespace
+    return data.load_task(c.task, c.data_dir, c.source, c.target, c.val, c.test, c.data_seed, c.n_source, c.n_target)
 
 
 def resumed(args):
@@ -178,6 +200,7 @@ def resumed(args):
         same = new == old or (key in PATHS and None not in (new, old) and "tiny" not in (new, old)
                               and os.path.realpath(new) == os.path.realpath(old))
         if not same:
+            new, old = (json.dumps(v) if isinstance(v, str) and not v.strip() else v for v in (new, old))  # '', \n\n
             raise ValueError(f"--{key.replace('_', '-')} {new} differs from the run's {old} ({path}): a resumed run "
                              "keeps its own settings, so leave the flag out, or start a new run with another --out")
     if saved.get("processes", 1) != world()[1]:
@@ -187,7 +210,7 @@ def resumed(args):
     cfg["max_steps"] = args.max_steps if "max_steps" in args.given else saved["max_steps"]
     cfg["lr_override"] = args.lr if "lr" in args.given and args.lr != saved["lr"] else None
     check(cfg)
-    task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"], seed=cfg["data_seed"])
+    task = load(argparse.Namespace(**cfg))
     for role, fp in (saved.get("data") or {}).items():
         if runfolder.fingerprint_rows(task[role]) != fp:
             raise ValueError(f"the {role} data of the run changed since it started ({task['files'][role]}): resuming "
@@ -231,7 +254,7 @@ def model_folder(cfg, task):
         folder = os.path.join(cfg["out"], "base")
         if not os.path.isdir(folder):
             texts = [t for rows in (task["source"], task["target"]) for row in rows[:20000]
-                     for p, r in data.row_sequences(row) for t in (p, r) if t]
+                     for p, r in formats.row_sequences(row) for t in (p, r) if t]
             runfolder.write_atomically(folder, lambda tmp: make_tiny(tmp, texts, cfg["tiny_vocab"], cfg["seed"]))
         return folder
     if not os.path.isdir(cfg["model"]):
@@ -336,18 +359,21 @@ def _run(cfg, task, resume, stop):
     folder = model_folder(cfg, task)  # ... and the others then read it
     core, tok = build(cfg, folder)
     model = parallel(core, device) if n_proc > 1 else core
-    tokenise = lambda rows: packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"])  # noqa: E731
+    tokenise = lambda rows: packing.tokenize(  # noqa: E731
+        rows, tok, cfg["max_len"], cfg["separator"], cfg["truncation"])
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
     B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
     uses_tgt = method in dial.TARGET_METHODS
-    per_epoch = max(math.ceil(len(src) / (B_s * n_proc)), math.ceil(len(tgt) / (B_t * n_proc)) if uses_tgt else 0)
+    per_epoch = max(math.ceil(len(src) / (B_s * n_proc)) if method != "tgt-pref" else 0,  # its epochs: the target's
+                    math.ceil(len(tgt) / (B_t * n_proc)) if uses_tgt else 0)
     total = cfg["max_steps"] if cfg["max_steps"] is not None else math.ceil(cfg["epochs"] * per_epoch)
 
     trainable = [p for p in core.backbone.parameters() if p.requires_grad] + list(core.head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     hp = dial.DialConfig(lam=cfg["lam"], lam_gp=cfg["lam_gp"], critic_iters=cfg["critic_iters"],
-                         critic_lr=cfg["critic_lr"], critic_weight_decay=cfg["critic_wd"], lm_weight=cfg["lm_weight"])
+                         critic_lr=cfg["critic_lr"], critic_weight_decay=cfg["critic_wd"], lm_weight=cfg["lm_weight"],
+                         lm_detach=cfg["lm_loss"] == "detached")
     critic_opt = dial.critic_optimizer(core.critic, hp)
     gp_rng = torch.Generator(device).manual_seed(cfg["seed"])  # the penalty's draws: the same in every process
     step, best, best_weights = 0, None, None
@@ -374,7 +400,7 @@ def _run(cfg, task, resume, stop):
 
     def validate():  # every process evaluates a share of the batches; all get the same metrics
         nonlocal best, best_weights
-        metrics = evaluate(core, *evals["val"], task["metric"], cfg["eval_batch"], device)
+        metrics = evaluate(core, *evals["val"], task["metric"], cfg["eval_batch"], device, cfg["ties"])
         write({"step": step, "split": "val", **metrics})
         if math.isfinite(metrics[main]) and (best is None or metrics[main] > best["val"][main]):
             best = {"step": step, "val": metrics}
@@ -395,6 +421,7 @@ def _run(cfg, task, resume, stop):
                 f"`{runfolder.resume_command(out)} --lr {cfg['lr'] / 10:g}`")
 
     if not resume:
+        validate()  # step 0, before any update, as the authors did: the base model's number, logged
         checkpoint()  # step 0: from now on the run can always be resumed
     bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True, disable=rank > 0)
     try:
@@ -440,9 +467,10 @@ def _run(cfg, task, resume, stop):
         raise FloatingPointError(f"no evaluation on validation gave a finite {main}: there is no checkpoint to test")
     if best["step"] != step:
         core.load_state_dict(best_weights, strict=False)
-    test = evaluate(core, *evals["test"], task["metric"], cfg["eval_batch"], device)
+    test = evaluate(core, *evals["test"], task["metric"], cfg["eval_batch"], device, cfg["ties"])
     summary = {"task": cfg["task"], "method": method, "seed": cfg["seed"], "steps": step, "best_step": best["step"],
-               "metric": main, "val": best["val"], "test": test}
+               "metric": main, "val": best["val"], "test": test,
+               "rows": {"source": len(task["source"]), "target": len(task["target"])}}  # used (--n-source, --n-target)
     if rank == 0:
         runfolder.save_best(core, os.path.join(out, "adapter"))  # the best, whatever a kill interrupted before
         runfolder.write_json(os.path.join(out, "summary.json"), summary)

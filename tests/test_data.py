@@ -7,8 +7,10 @@ import os
 import pytest
 
 import data
-from data import (CATEGORIES, DEFAULTS, OOO_PROMPT, TASKS, food_lists, labelled_target, load_rows, load_task,
-                  oddoneout_rows, row_sequences, scores_to_pairs)
+import formats
+from data import DEFAULTS, TASKS, labelled_target, load_task
+from formats import load_rows, row_sequences, scores_to_pairs
+from oddoneout import CATEGORIES, OOO_PROMPT, food_lists, oddoneout_rows
 
 PAIR = {"prompt": "Is it legal?", "response_chosen": "Ask a lawyer.", "response_rejected": "Sure."}
 MCQ = {"prompt": "Which?", "correct": "apple", "wrong_a": "cake", "wrong_b": "pie", "wrong_c": "tart",
@@ -117,7 +119,7 @@ def test_scores_to_pairs_coverage():
     out = scores_to_pairs(rows, seed=0)
     label = {r["text"]: r["label"] for r in rows}
     for p in out:
-        data._check(p, "pairs", "pair")  # a valid pairs row
+        formats._check(p, "pairs", "pair")  # a valid pairs row
         assert p["prompt"] == ""
         assert label[p["response_chosen"]] - label[p["response_rejected"]] == 1  # neighbouring levels only
         assert (p["score_chosen"], p["score_rejected"]) == (label[p["response_chosen"]], label[p["response_rejected"]])
@@ -173,7 +175,7 @@ def test_oddoneout_rows():
     assert len(rows) == 1000
     positions = collections.Counter()
     for r in rows:
-        data._check(r, "mcq", "row")
+        formats._check(r, "mcq", "row")
         wrong = [r[f"wrong_{c}"] for c in "abcd"]
         assert len(set(wrong)) == 4 and all(x in lists["sauces"] for x in wrong)
         assert r["correct"] not in lists["sauces"] and r["correct"] in lists[r["odd_category"]]
@@ -269,21 +271,51 @@ def test_load_task_oddoneout():
 def test_load_task_custom(tmp_path):
     src = write(tmp_path / "src.jsonl", score_rows({1: 3, 2: 4, 3: 2}), jsonl=True)
     tgt = write(tmp_path / "tgt.json", [{"text": f"long essay {i}"} for i in range(5)])
-    ev = write(tmp_path / "eval.json", score_rows({2: 2, 5: 2}))
-    t = load_task("custom", source=src, target=tgt, eval=ev, seed=1)
+    ev = write(tmp_path / "val.json", score_rows({2: 2, 5: 2}))
+    te = write(tmp_path / "test.json", score_rows({1: 2, 4: 3}))
+    t = load_task("custom", source=src, target=tgt, val=ev, test=te, seed=1)
     assert (t["kind"], t["target_kind"], t["eval_kind"], t["metric"]) == ("pairs", "text", "scores", "correlation")
     assert t["source"] == scores_to_pairs(load_rows(src, "scores"), seed=1)
-    assert t["val"] == t["test"] == load_rows(ev, "scores") and len(t["target"]) == 5
-    assert t["files"] == {"source": src, "target": tgt, "val": ev, "test": ev}
-    ev_pairs = write(tmp_path / "e.json", pairs(2))
-    t = load_task("custom", source=write(tmp_path / "p.json", pairs(4)), target=tgt, eval=ev_pairs)
+    assert t["val"] == load_rows(ev, "scores") and t["test"] == load_rows(te, "scores") and len(t["target"]) == 5
+    assert t["files"] == {"source": src, "target": tgt, "val": ev, "test": te}
+    ev_pairs, te_pairs = write(tmp_path / "e.json", pairs(2)), write(tmp_path / "t.json", pairs(3, "t"))
+    t = load_task("custom", source=write(tmp_path / "p.json", pairs(4)), target=tgt, val=ev_pairs, test=te_pairs)
     assert (t["kind"], t["metric"], t["batch_src"]) == ("pairs", "pairwise", 4)
-    with pytest.raises(ValueError, match="needs a --source, a --target and an --eval file; --eval not given"):
-        load_task("custom", source=src, target=tgt)
+    with pytest.raises(ValueError, match="needs a --source, a --target, a --val and a --test file .*; --test not given"):
+        load_task("custom", source=src, target=tgt, val=ev)
     with pytest.raises(ValueError, match="source holds multiple-choice rows but the evaluation file holds pairs"):
-        load_task("custom", source=write(tmp_path / "m.json", [MCQ]), target=tgt, eval=ev_pairs)
+        load_task("custom", source=write(tmp_path / "m.json", [MCQ]), target=tgt, val=ev_pairs, test=te_pairs)
     with pytest.raises(ValueError, match="has a text but no 'label'"):
-        load_task("custom", source=tgt, target=tgt, eval=ev)
+        load_task("custom", source=tgt, target=tgt, val=ev, test=te)
+
+
+def test_test_is_never_the_selection_set(tmp_path):
+    """The checkpoint is chosen on validation: a test metric on the same file, or on the same rows, is refused."""
+    src, tgt = write(tmp_path / "src.json", pairs(4)), write(tmp_path / "tgt.json", pairs(5, "u"))
+    ev = write(tmp_path / "val.json", pairs(3, "v"))
+    with pytest.raises(ValueError, match="the test file .*val.json is the validation file, which chooses the checkpoint"):
+        load_task("custom", source=src, target=tgt, val=ev, test=str(tmp_path / "." / "val.json"))
+    same_rows = write(tmp_path / "copy.jsonl", pairs(3, "v")[::-1], jsonl=True)  # another file, the same rows
+    with pytest.raises(ValueError, match="every row of the test file .*copy.jsonl is also in the validation file"):
+        load_task("custom", source=src, target=tgt, val=ev, test=same_rows)
+    some = write(tmp_path / "some.json", pairs(3, "v")[:1] + pairs(2, "w"))  # an overlap that is not the whole set
+    assert len(load_task("custom", source=src, target=tgt, val=ev, test=some)["test"]) == 3
+
+
+def test_subsets_are_seeded_and_nested():
+    full = load_task("oddoneout-desserts-fruits")
+    small = load_task("oddoneout-desserts-fruits", n_source=50, n_target=20)
+    big = load_task("oddoneout-desserts-fruits", n_source=200, n_target=100)
+    assert (len(small["source"]), len(small["target"]), len(big["source"]), len(big["target"])) == (50, 20, 200, 100)
+    assert small["val"] == full["val"] and small["test"] == full["test"]  # evaluation never shrinks
+    keys = lambda rows: {json.dumps(r, sort_keys=True) for r in rows}  # noqa: E731
+    assert keys(small["source"]) <= keys(big["source"]) <= keys(full["source"])  # nested: a sweep only adds rows
+    assert keys(small["target"]) <= keys(big["target"]) <= keys(full["target"])
+    assert [r for r in full["source"] if keys([r]) <= keys(small["source"])] == small["source"]  # in file order
+    other = load_task("oddoneout-desserts-fruits", n_source=50, seed=1)["source"]
+    assert keys(other) != keys(small["source"]) or other != small["source"]
+    with pytest.raises(ValueError, match="--n-target 1001 asks for more target rows than the task has \\(1000\\)"):
+        load_task("oddoneout-desserts-fruits", n_target=1001)
 
 
 def test_missing_shp_folder_says_what_to_download(tmp_path):
@@ -321,13 +353,13 @@ def test_load_task_shp_from_a_folder(tmp_path):
     assert (t["kind"], t["target_kind"], t["metric"], t["epochs"]) == ("pairs", "pairs", "pairwise", 3)
     assert t["files"]["test"] == str(root / "data" / "askscience_tha_Thai_test.json")
     assert labelled_target(t) == t["target"]
-    t = load_task("askscience-th", data_dir=str(tmp_path), eval=write(tmp_path / "mine.json", pairs(2)))
-    assert len(t["val"]) == len(t["test"]) == 2
+    t = load_task("askscience-th", data_dir=str(tmp_path), val=write(tmp_path / "mine.json", pairs(2)))
+    assert (len(t["val"]), len(t["test"])) == (2, 4)
     write(root / "other" / "askscience_tha_Thai_train.json", pairs(1))
     with pytest.raises(ValueError, match="more than once"):
         load_task("askscience-th", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="holds multiple-choice rows, but task 'askscience-th' needs pairs rows"):
-        load_task("askscience-th", data_dir=str(tmp_path), eval=write(tmp_path / "m.json", [MCQ]),
+        load_task("askscience-th", data_dir=str(tmp_path), val=write(tmp_path / "m.json", [MCQ]),
                   target=str(root / "data" / "askscience_tha_Thai_train.json"))
 
 
@@ -335,11 +367,20 @@ def test_load_task_essays_and_cvalues(tmp_path):
     root = tmp_path / "short_to_long_essays"
     write(root / "short_train.json", score_rows({1: 4, 2: 4, 3: 4}))
     write(root / "long_train.json", score_rows({2: 3, 4: 3}))
-    write(root / "long_val.json", score_rows({1: 2, 6: 2}))
+    write(root / "long_val.json", score_rows({1: 3, 6: 2}))
     t = load_task("essays-short2long", data_dir=str(tmp_path), seed=5)
     assert (t["kind"], t["target_kind"], t["metric"]) == ("pairs", "text", "correlation")
     assert t["source"] == scores_to_pairs(load_rows(str(root / "short_train.json"), "scores"), seed=5)
-    assert t["files"]["test"] == t["files"]["val"] and t["test"] == t["val"]  # no long test file: val is the test
+    # no long test file: the val file is split in two disjoint seeded halves, validation and test
+    val_rows = load_rows(str(root / "long_val.json"), "scores")
+    assert (len(t["val"]), len(t["test"])) == (2, 3) and sorted(t["val"] + t["test"], key=str) == sorted(val_rows, key=str)
+    assert not {str(r) for r in t["val"]} & {str(r) for r in t["test"]}
+    assert "first half" in t["files"]["val"] and "second half" in t["files"]["test"]
+    assert load_task("essays-short2long", data_dir=str(tmp_path), seed=5)["test"] == t["test"]  # seeded
+    assert t["tgt_only"] == {"epochs": 2, "batch_tgt": 8}  # A.5: the target upper bound's own schedule
+    write(root / "long_test.json", score_rows({2: 2, 5: 2}))
+    t = load_task("essays-short2long", data_dir=str(tmp_path), seed=5)
+    assert (t["val"], t["test"]) == (val_rows, load_rows(str(root / "long_test.json"), "scores"))
     assert {(p["score_chosen"], p["score_rejected"]) for p in labelled_target(t)} == {(4, 2)}
     write(root / "short_pref_train.json", pairs(3))  # the released pairs file wins over the scores file
     assert load_task("essays-short2long", data_dir=str(tmp_path))["source"] == pairs(3)

@@ -226,6 +226,11 @@ def test_lm_methods_add_a_next_token_loss_that_carries_gradient(method, flag):
     assert not torch.allclose(with_lm.grads[0], without.grads[0])
     with pytest.raises(ValueError, match="returned None"):
         step(model, [make_batch()], method)  # nothing flagged: the backbone returns no loss
+    detached = Recorder(model_params(model))  # the released code's float: logged, the same value, no gradient
+    logs_detached = step(model, [batch], method, detached, dial.DialConfig(lm_weight=0.7, lm_detach=True))
+    assert logs_detached["lm"] == pytest.approx(logs["lm"]) and logs_detached["loss"] == pytest.approx(logs["loss"])
+    for a, b in zip(detached.grads, without.grads):
+        assert torch.allclose(a, b, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", dial.METHODS)

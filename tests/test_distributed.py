@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-import data
+import formats
+import oddoneout
 import runfolder
 import train
 
@@ -29,7 +30,7 @@ def launch(n, script, *argv):
 def base(tmp_path_factory):
     """One tiny base model for every run, so that all start from the same weights."""
     folder = str(tmp_path_factory.mktemp("base"))
-    texts = [t for row in data.oddoneout_rows("desserts", "train", n=200) for p, r in data.row_sequences(row)
+    texts = [t for row in oddoneout.oddoneout_rows("desserts", "train", n=200) for p, r in formats.row_sequences(row)
              for t in (p, r)]
     train.make_tiny(folder, texts, 500, seed=0)
     return folder

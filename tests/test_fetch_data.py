@@ -17,6 +17,7 @@ import pytest
 import scipy.stats
 
 import data
+import formats
 import eval as evaluation
 import fetch_data
 from fetch_data import PROMPT, rating_label
@@ -114,24 +115,24 @@ def test_scores_to_pairs_on_ratings():
     rows = [{"prompt": PROMPT, "text": t, "label": rating_label(r)} for t, r in raw.items()]
     assert [r["label"] for r in rows] == [6, 5, 4, 1, 6]
     for seed in range(5):
-        pairs = data.scores_to_pairs(rows, seed)
+        pairs = formats.scores_to_pairs(rows, seed)
         # neighbours among the levels present: 1-4 (one pair), 4-5 (one), 5-6 (two: B cycles against A and E)
         assert sorted((p["response_chosen"], p["response_rejected"]) for p in pairs) == \
             [("A", "B"), ("B", "C"), ("C", "D"), ("E", "B")]
         assert all(p["prompt"] == PROMPT for p in pairs)
-        assert [(rows[c]["text"], rows[r]["text"]) for c, r in data.score_pairs([r["label"] for r in rows], seed)] == \
+        assert [(rows[c]["text"], rows[r]["text"]) for c, r in formats.score_pairs([r["label"] for r in rows], seed)] == \
             [(p["response_chosen"], p["response_rejected"]) for p in pairs]
     with pytest.raises(ValueError, match="rows 1 and 3 have different prompts"):
-        data.scores_to_pairs(rows[:2] + [{**rows[2], "prompt": "other"}])
+        formats.scores_to_pairs(rows[:2] + [{**rows[2], "prompt": "other"}])
 
 
 def test_prompt_of_text_and_scores_rows(tmp_path):
-    assert data.row_sequences({"prompt": PROMPT, "text": "t"}) == [(PROMPT, "t")]
-    assert data.row_sequences({"text": "t"}) == [("", "t")]
+    assert formats.row_sequences({"prompt": PROMPT, "text": "t"}) == [(PROMPT, "t")]
+    assert formats.row_sequences({"text": "t"}) == [("", "t")]
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": 3, "text": "t", "label": 2}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl, row 1 \(line 1\): field 'prompt' should be a string, found a number 3"):
-        data.load_rows(str(path), "scores")
+        formats.load_rows(str(path), "scores")
 
 
 # -----------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_registered_tasks_load_from_the_written_files(tmp_path, archives):
         assert all(r["text"].startswith(domain) and r["prompt"] == PROMPT for r in task["target"] + task["test"])
         texts = [{r["text"] for r in task[role]} for role in ("target", "val", "test")]
         assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
-        assert data.row_sequences(task["target"][0])[0][0] == PROMPT
+        assert formats.row_sequences(task["target"][0])[0][0] == PROMPT
         assert all(p["prompt"] == PROMPT for p in data.labelled_target(task))  # the oracles' pairs
         assert task["epochs"] == 1 and task["max_length"] == 96
     task = data.load_task("sentiment-en-zh", out)
@@ -320,7 +321,7 @@ def test_rated_metric(monkeypatch):
     r = rng.normal(size=40)
     monkeypatch.setattr(evaluation, "rewards", lambda *a, **k: r)
     got = evaluation.evaluate(None, rows, None, "rated")
-    pairs = data.score_pairs([row["label"] for row in rows])
+    pairs = formats.score_pairs([row["label"] for row in rows])
     ratings = [row["rating"] for row in rows]
     assert got["acc"] == pytest.approx(np.mean([(r[c] > r[j]) + 0.5 * (r[c] == r[j]) for c, j in pairs]))
     assert got["pearson"] == pytest.approx(scipy.stats.pearsonr(r, ratings)[0])

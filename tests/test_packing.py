@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
-import packing
 import dial
+import formats
+import packing
 from gemma import Gemma, GemmaConfig
 from lora import add_lora
 
@@ -138,6 +138,22 @@ def test_truncation_cuts_the_prompt_from_the_left_and_keeps_the_response():
     assert p == [2, ord("a"), ord("b"), ord("\n")]
     (p, rs), = packing.tokenize([{"text": "essay"}], CharTokenizer(), max_len=99)
     assert p == [2] and rs == [[ord(c) for c in "essay"]]
+
+
+def test_right_truncation_is_the_whole_sequence_cut_on_the_right():
+    """--truncation right (the released code's): each <bos> prompt separator response_k, as one list, cut to max_len."""
+    tok = CharTokenizer()
+    rows = [{"prompt": "abcdefghij", "response_chosen": "XYZ", "response_rejected": "Q"},
+            {"prompt": "ab", "response_chosen": "long response", "response_rejected": "R"}, {"text": "an essay"}]
+    for max_len in (3, 8, 11, 12, 14, 99):
+        for row, (p, rs) in zip(rows, packing.tokenize(rows, tok, max_len=max_len, separator="|", truncation="right")):
+            for (prompt, response), r in zip(formats.row_sequences(row), rs):
+                whole = (tok.encode(prompt + "|") if prompt else [tok.bos_id]) + tok.encode(response, bos=False)
+                assert p + r == whole[:max_len], (max_len, row)  # the sequence the model reads, end included
+    (p, rs), = packing.tokenize(rows[:1], tok, max_len=8, separator="|", truncation="right")
+    assert rs[0] == rs[1] == [ord("g")]  # the prompt fills it: chosen and rejected are the same sequence, a tie
+    with pytest.raises(ValueError, match="unknown truncation 'left'"):
+        packing.tokenize(rows, tok, truncation="left")
 
 
 def test_step_batch_roles():

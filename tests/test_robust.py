@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
 import dial
 import eval as evaluation
+import formats
+import oddoneout
 import runfolder
 import train
 
@@ -31,19 +32,21 @@ SMALL = ["--task", "oddoneout-desserts-fruits", "--lora-r", "2", "--lora-alpha",
 def base(tmp_path_factory):
     """One tiny base model (random weights, a tokenizer trained on the task's text) for every run of this file."""
     folder = str(tmp_path_factory.mktemp("base"))
-    texts = [t for row in data.oddoneout_rows("desserts", "train", n=200) + data.oddoneout_rows("fruits", "train", n=200)
-             for p, r in data.row_sequences(row) for t in (p, r) if t]
+    rows = oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
+    texts = [t for row in rows
+             for p, r in formats.row_sequences(row) for t in (p, r) if t]
     train.make_tiny(folder, texts, 400, seed=0)
     return folder
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    """A small custom odd-one-out task (40 source and target questions, 8 for evaluation): cheap to tokenise."""
+    """A small custom odd-one-out task (40 source and target questions, 8 for validation, 8 for test): cheap."""
     d = tmp_path_factory.mktemp("files")
-    for name, rows in (("src.jsonl", data.oddoneout_rows("desserts", "train", n=40)),
-                       ("tgt.jsonl", data.oddoneout_rows("fruits", "train", n=40)),
-                       ("eval.jsonl", data.oddoneout_rows("fruits", "val", n=8))):
+    for name, rows in (("src.jsonl", oddoneout.oddoneout_rows("desserts", "train", n=40)),
+                       ("tgt.jsonl", oddoneout.oddoneout_rows("fruits", "train", n=40)),
+                       ("val.jsonl", oddoneout.oddoneout_rows("fruits", "val", n=8)),
+                       ("test.jsonl", oddoneout.oddoneout_rows("fruits", "test", n=8))):
         (d / name).write_text("\n".join(json.dumps(r) for r in rows))
     return d
 
@@ -165,7 +168,8 @@ def test_divergence_never_saves_a_non_finite_file(tmp_path, base, monkeypatch):
                                          r"\(step 0\) is finite"):
         train.main(["--out", str(tmp_path / "huge"), "--model", base, "--lr", "2e38", "--max-steps", "2", *SMALL])
     runfolder.check_finite(runfolder.read_state(str(tmp_path / "huge" / runfolder.STATE))["model"], "saved")
-    assert not os.path.exists(tmp_path / "huge" / "adapter")
+    assert runfolder.read_state(str(tmp_path / "huge" / runfolder.STATE))["best"]["step"] == 0  # step 0's evaluation
+    evaluation.load_reward_model(str(tmp_path / "huge"))  # its adapter, the only one saved: finite
 
 
 # -----------------------------------------------------------------------------
@@ -175,17 +179,20 @@ def test_divergence_never_saves_a_non_finite_file(tmp_path, base, monkeypatch):
 def test_resume_alone_rebuilds_the_run_and_refuses_changes(tmp_path, base, monkeypatch):
     d = tmp_path / "files"
     d.mkdir()
-    rows = data.oddoneout_rows("desserts", "train", n=40)
+    rows = oddoneout.oddoneout_rows("desserts", "train", n=40)
     (d / "src.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (d / "tgt.jsonl").write_text("\n".join(json.dumps(r) for r in data.oddoneout_rows("fruits", "train", n=40)))
-    (d / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in data.oddoneout_rows("fruits", "val", n=8)))
-    argv = ["--task", "custom", "--source", "src.jsonl", "--target", "tgt.jsonl", "--eval", "eval.jsonl", "--model",
-            base, "--lora-r", "2", "--lora-alpha", "2", "--batch-src", "2", "--batch-tgt", "2", "--eval-every", "2"]
+    (d / "tgt.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "train", n=40)))
+    (d / "val.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "val", n=8)))
+    (d / "test.jsonl").write_text("\n".join(json.dumps(r) for r in oddoneout.oddoneout_rows("fruits", "test", n=8)))
+    argv = ["--task", "custom", "--source", "src.jsonl", "--target", "tgt.jsonl", "--val", "val.jsonl", "--test",
+            "test.jsonl", "--model", base, "--lora-r", "2", "--lora-alpha", "2", "--batch-src", "2", "--batch-tgt", "2", "--eval-every", "2"]
     monkeypatch.chdir(d)  # relative paths: the run records them absolute
     full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "4", *argv])
     train.main(["--out", str(tmp_path / "half"), "--max-steps", "2", *argv])
     for flag, value in (("--task", "oddoneout-desserts-fruits"), ("--source", "tgt.jsonl"), ("--lora-r", "4"),
-                        ("--method", "src-pref"), ("--seed", "1")):
+                        ("--method", "src-pref"), ("--seed", "1"), ("--test", "val.jsonl"), ("--n-source", "10"),
+                        ("--n-target", "10"), ("--truncation", "right"), ("--ties", "correct"),
+                        ("--lm-loss", "detached"), ("--separator", "")):
         with pytest.raises(SystemExit, match=f"{flag} .* differs from the run's .*: a resumed run keeps its own"):
             train.main(["--out", str(tmp_path / "half"), "--resume", flag, value])
     monkeypatch.chdir(tmp_path)  # from elsewhere, --out and --resume alone are enough
@@ -216,7 +223,8 @@ class Killed(BaseException):
 
 def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, small, monkeypatch):
     argv = ["--model", base, "--max-steps", "2", "--eval-every", "2", *SMALL, "--task", "custom", "--source",
-            str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval", str(small / "eval.jsonl")]
+            str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--val", str(small / "val.jsonl"),
+            "--test", str(small / "test.jsonl")]
     train.main(["--out", str(tmp_path / "straight"), *argv])
     expected = result(str(tmp_path / "straight"))
     real_replace, real_open_log = os.replace, runfolder.open_log
@@ -276,21 +284,21 @@ def test_a_kill_while_base_is_built_heals(tmp_path, monkeypatch):
 def test_sigterm_saves_and_resumes(tmp_path, base, small):
     """SIGTERM at whatever step the run is in (the outcome may not depend on it): saved, resumable, the same result."""
     argv = ["--model", base, "--max-steps", "100000", "--eval-every", "100000", *SMALL, "--task", "custom",
-            "--source", str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--eval",
-            str(small / "eval.jsonl")]
+            "--source", str(small / "src.jsonl"), "--target", str(small / "tgt.jsonl"), "--val",
+            str(small / "val.jsonl"), "--test", str(small / "test.jsonl")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}  # every part of the comparison: one thread
     command = [sys.executable, os.path.join(REPO, "train.py")]
     out, log = str(tmp_path / "run"), str(tmp_path / "run" / "metrics.jsonl")
     p = subprocess.Popen([*command, "--out", out, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 2):
+    while time.time() < deadline and not (os.path.exists(log) and open(log).read().count("\n") >= 3):
         time.sleep(0.2)
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
     assert p.returncode == 1 and f"continue with `python train.py --out {out} --resume`" in err, err[-2000:]
     stopped = runfolder.read_state(os.path.join(out, runfolder.STATE))["step"]
-    assert stopped >= 2 and open(log).read().count("\n") == stopped
+    assert stopped >= 2 and open(log).read().count("\n") == stopped + 1  # step 0's evaluation, then the steps
     subprocess.run([*command, "--out", out, "--resume", "--max-steps", str(stopped + 1)], env=env, check=True,
                    capture_output=True)
     argv[argv.index("100000")] = str(stopped + 1)
@@ -333,8 +341,11 @@ def test_bad_input_gets_one_sentence(tmp_path, base):
         ([*out, "--tiny-vocab", "270", "--model", "tiny"], "--tiny-vocab 270: SentencePiece cannot train"),
         ([*out, "--model", big], r"tokenizer.model has \d+ pieces but the model's vocab_size is"),
         (["--lr", "0.1"], "--lr needs a --task"),
-        ([*out, "--task", "custom", "--source", str(tmp_path), "--target", "t", "--eval", "e"],
+        ([*out, "--task", "custom", "--source", str(tmp_path), "--target", "t", "--val", "v", "--test", "e"],
          f"{tmp_path} is a folder: expected a JSON list or JSON lines file"),
+        ([*out, "--task", "custom", "--eval", "e"], "--eval is gone: give --val .* and --test"),
+        ([*out, "--n-source", "0"], "--n-source must be at least 1"),
+        ([*out, "--n-target", "1001"], r"--n-target 1001 asks for more target rows than the task has \(1000\)"),
         (["--out", truncated, "--resume"], "state.safetensors is damaged or not a training state"),
         (["--out", str(tmp_path / "nowhere"), "--resume"], "nothing to resume"),
     ]

@@ -18,7 +18,7 @@ def run(tmp_path, name, *argv):
 
 @pytest.fixture(scope="module")
 def custom_files(tmp_path_factory):
-    """An essays-like custom task: source pairs, unlabelled target texts, scored evaluation texts."""
+    """An essays-like custom task: source pairs, unlabelled target texts, scored validation and test texts."""
     d = tmp_path_factory.mktemp("custom")
     words = "good fine clear strong weak poor vague thin".split()
     src = [{"prompt": f"argument {i}", "response_chosen": f"{words[i % 4]} point {i}",
@@ -29,8 +29,10 @@ def custom_files(tmp_path_factory):
               for i in range(30)]
     for name, rows in (("src.jsonl", src), ("tgt.jsonl", tgt)):
         (d / name).write_text("\n".join(json.dumps(r) for r in rows))
-    (d / "eval.json").write_text(json.dumps(scored))
-    return [f"--source={d / 'src.jsonl'}", f"--target={d / 'tgt.jsonl'}", f"--eval={d / 'eval.json'}"]
+    (d / "val.json").write_text(json.dumps(scored[:15]))
+    (d / "test.json").write_text(json.dumps(scored[15:]))
+    return [f"--source={d / 'src.jsonl'}", f"--target={d / 'tgt.jsonl'}", f"--val={d / 'val.json'}",
+            f"--test={d / 'test.json'}"]
 
 
 @pytest.mark.parametrize("method", dial.METHODS)
@@ -42,6 +44,7 @@ def test_every_method_trains_on_odd_one_out(tmp_path, method):
     assert json.loads((out / "summary.json").read_text()) == summary
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_logs = [r for r in logs if r["split"] == "train"]
+    assert (logs[0]["step"], logs[0]["split"]) == (0, "val") and "acc" in logs[0]  # evaluated before any update
     assert len(train_logs) == 3 and all({"loss", "bt", "acc"} <= set(r) for r in train_logs)
     assert ("w" in train_logs[0]) == (method == "dial") and ("lm" in train_logs[0]) == (method in dial.LM_METHODS)
     for f in ("config.json", "state.safetensors", "adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -130,7 +133,40 @@ def test_eval_reevaluates_and_tabulates(tmp_path, capsys):
     capsys.readouterr()
     evaluation.main(["--table", str(tmp_path / "runs")])
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "| task | src-pref | dial |" and table[2].startswith("| oddoneout-vegetables-snacks | ")
+    assert table[0] == "| task | metric | src-pref | dial |"
+    assert table[2].startswith("| oddoneout-vegetables-snacks | acc | ") and table[3].startswith(
+        "| oddoneout-vegetables-snacks | rank | ")  # every metric of the task, the main one first
     assert table[2].count("+-") == 2 and table[2].count("(2)") == 2
     with pytest.raises(SystemExit, match="no summary.json below"):
         evaluation.main(["--table", str(tmp_path / "nothing")])
+
+
+def test_tgt_pref_runs_epochs_of_the_target_on_the_papers_essay_schedule(tmp_path, custom_files):
+    """An epoch of tgt-pref is an epoch of the target (20 rows), whatever the source's size (24 rows); on the essays
+    it has the paper's own schedule (A.5: 2 epochs, batch 8), every other method DIAL's (10 epochs, 4 + 4)."""
+    summary = train.main(["--out", str(tmp_path / "t"), "--task", "custom", "--method", "tgt-pref", "--model", "tiny",
+                          "--epochs", "1", "--batch-src", "4", "--batch-tgt", "5", "--eval-rows", "8", "--lora-r", "2",
+                          "--lora-alpha", "2", *custom_files])
+    # its 20 target texts are 14 labelled pairs (scores 1, 2, 3: 7 + 7 pairs of neighbours): 3 steps of 5, not the
+    # 6 steps of 4 that the 24 source pairs would take
+    assert summary["steps"] == 3 and summary["rows"] == {"source": 24, "target": 20}
+    essays = tmp_path / "data" / "short_to_long_essays"
+    essays.mkdir(parents=True)
+    for name, labels in (("short_train", (1, 2, 3)), ("long_train", (2, 4)), ("long_val", (1, 6, 2, 5))):
+        (essays / f"{name}.json").write_text(json.dumps([{"text": f"{name} {i}", "label": x} for i, x in enumerate(labels)]))
+    schedule = {}
+    for method in ("tgt-pref", "src-tgt-pref", "dial", "src-pref"):
+        cfg, task = train.resolve(train.parse_args(["--task", "essays-short2long", "--method", method, "--data-dir",
+                                                    str(tmp_path / "data"), "--model", "tiny"]))
+        schedule[method] = (cfg["epochs"], cfg["batch_src"], cfg["batch_tgt"])
+    assert schedule == {"tgt-pref": (2, 4, 8), "src-tgt-pref": (10, 4, 4), "dial": (10, 4, 4), "src-pref": (10, 32, 4)}
+    assert "half" in cfg["files"]["test"] and task["test"] != task["val"]  # no long_test: val split, never shared
+
+
+def test_n_source_and_n_target_fix_the_rows_used(tmp_path):
+    for method, n_tgt in (("dial", "30"), ("src-tgt-pref", "12")):
+        summary = run(tmp_path, method, "--task", "oddoneout-desserts-fruits", "--method", method, "--n-source", "20",
+                      "--n-target", n_tgt, "--max-steps", "1")
+        assert summary["rows"] == {"source": 20, "target": int(n_tgt)}  # labelled target rows for the oracle
+        config = json.loads((tmp_path / method / "config.json").read_text())
+        assert (config["n_source"], config["n_target"]) == (20, int(n_tgt))

@@ -1,0 +1,221 @@
+"""
+What a row is: the row formats of the authors' released datasets, reading and checking JSON / JSON-lines files of
+rows (one clear sentence per bad file, row or field), and scores to preference pairs (paper appendix A.5). Which
+files make a task is data.py.
+
+Rows are plain dicts, in the formats of the authors' released datasets (JSON list or JSON lines, one object a row):
+  pairs   prompt, response_chosen, response_rejected         SHP, CValues, and the essays' "pref" files
+  mcq     prompt, correct, wrong_a, wrong_b, wrong_c, wrong_d  odd-one-out (1 right answer, 4 wrong ones)
+  scores  text, label (an integer score, 1..6)                 essays
+  text    an unlabelled target row: a pairs or mcq row, or a row with a text field (a scores row without the
+          need for a label). Labels are never read, but every text the model will see must be a non-empty string.
+Scores and text rows may have a prompt too (the real sentiment tasks' fixed instruction); the prompt may be "" (the
+essays' pairs have none); every response, answer and text must be non-empty.
+Extra fields are kept and ignored.
+
+What is subtle:
+- scores_to_pairs (appendix A.5) pairs only neighbouring score levels. The lowest level can never be the chosen
+  side of a pair, and the highest can never be the rejected side. So the paper's "every example is chosen at least
+  once" holds for every level above the lowest; every example appears in at least one pair.
+"""
+import json
+import os
+import random
+
+# -----------------------------------------------------------------------------
+# row formats: reading and checking files
+
+FIELDS = {
+    "pairs": ("prompt", "response_chosen", "response_rejected"),
+    "mcq": ("prompt", "correct", "wrong_a", "wrong_b", "wrong_c", "wrong_d"),
+    "scores": ("text", "label"),
+    "text": ("text",),  # the shape of an unlabelled text row; in load_rows, kind "text" accepts every shape
+}
+KIND_NAMES = {"pairs": "pairs", "mcq": "multiple-choice", "scores": "scores", "text": "text"}
+KINDS = ("pairs", "mcq", "scores", "text")
+SCORES = (1, 6)  # the essay scores; a label outside is a broken file
+
+
+def _json_type(value):
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def show(value, n=40):
+    s = json.dumps(value, ensure_ascii=False)
+    return s if len(s) <= n else s[:n] + "..."
+
+
+def _read_json(path):
+    """The rows of a JSON list or JSON lines file, and for each row a 'file, row N' string for error messages."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder: expected a JSON list or JSON lines file of rows")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist (expected a JSON list or JSON lines file of rows)")
+    try:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the JSON
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+    body = text.lstrip()
+    if not body:
+        raise ValueError(f"{path} is empty: expected a JSON list of rows, or JSON lines (one object per line)")
+    if body[0] == "[":  # one JSON document holding the list of rows
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        if not rows:
+            raise ValueError(f"{path} holds an empty list: expected at least one row")
+        return rows, [f"{path}, row {i + 1}" for i in range(len(rows))]
+    if body[0] != "{":
+        raise ValueError(f"{path} starts with {body[:20]!r}: expected a JSON list ('[') of rows, "
+                         "or JSON lines (one object per line, each starting with '{')")
+    rows, where = [], []
+    # split on "\n" only: str.splitlines() would also split at U+2028 and friends, which JSON strings may contain raw
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {n} is not valid JSON ({e.msg} at column {e.colno}); "
+                                 "a JSON lines file holds one complete object per line") from None
+            where.append(f"{path}, row {len(rows)} (line {n})")
+    return rows, where
+
+
+def _shape(row, where):
+    """Which kind of row this is, judged by its fields: 'pairs', 'mcq' or 'text'."""
+    if "response_chosen" in row or "response_rejected" in row:
+        return "pairs"
+    if "correct" in row or any(f"wrong_{c}" in row for c in "abcd"):
+        return "mcq"
+    if "text" in row:
+        return "text"
+    fields = ", ".join(sorted(row)) or "none"
+    raise ValueError(f"{where}: cannot tell which kind of row this is (its fields: {fields}); expected the fields "
+                     f"of a pairs row ({', '.join(FIELDS['pairs'])}), a multiple-choice row "
+                     f"({', '.join(FIELDS['mcq'])}) or a text row (text)")
+
+
+def check_label(row, where):
+    # Integers, and floats with an integral value (4.0, as pandas writes them), are scores. Strings ("4") and booleans
+    # are not: the authors' loader turns labels into tensors, so a string label means a broken file.
+    value = row["label"]
+    integral = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not integral or not SCORES[0] <= value <= SCORES[1]:
+        raise ValueError(f"{where}: field 'label' should be an integer score from {SCORES[0]} to {SCORES[1]}, "
+                         f"found {_json_type(value)} {show(value)}")
+    return int(value)
+
+
+def _check(row, kind, where):
+    """row checked as a row of this kind ('pairs', 'mcq', 'scores' or the shape 'text'); the label becomes an int."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is {_json_type(row)}, not an object with the fields {', '.join(FIELDS[kind])} "
+                         f"of a {KIND_NAMES[kind]} row")
+    for field in FIELDS[kind]:
+        if field not in row:
+            raise ValueError(f"{where}: field '{field}' is missing; a {KIND_NAMES[kind]} row has the fields "
+                             f"{', '.join(FIELDS[kind])}")
+        if field == "label":
+            continue
+        if not isinstance(row[field], str):
+            raise ValueError(f"{where}: field '{field}' should be a string, found {_json_type(row[field])} "
+                             f"{show(row[field])}")
+        if field != "prompt" and not row[field].strip():
+            raise ValueError(f"{where}: field '{field}' is empty; it is a text the reward model scores")
+    if "prompt" not in FIELDS[kind] and not isinstance(row.get("prompt", ""), str):  # optional on scores and text rows
+        raise ValueError(f"{where}: field 'prompt' should be a string, found {_json_type(row['prompt'])} "
+                         f"{show(row['prompt'])}")
+    if kind == "scores":
+        row = {**row, "label": check_label(row, where)}
+    return row
+
+
+def load_any(path, kind):
+    """(rows, kind found). kind: 'pairs', 'mcq', 'scores'; 'text' (unlabelled: any shape, found as
+    'pairs', 'mcq' or 'text'); or 'auto' (labelled: 'pairs', 'mcq' or 'scores', judged by the first row)."""
+    rows, where = _read_json(path)
+    if kind in ("text", "auto"):
+        if not isinstance(rows[0], dict):
+            raise ValueError(f"{where[0]} is {_json_type(rows[0])}, not an object (a row of a JSON list or lines file)")
+        found = _shape(rows[0], where[0])
+        if kind == "auto":
+            if found == "text" and "label" not in rows[0]:
+                raise ValueError(f"{where[0]} has a text but no 'label': a labelled file holds pairs, "
+                                 "multiple-choice or scores (text, label) rows")
+            found = "scores" if found == "text" else found
+    else:
+        found = kind
+    out = []
+    for row, w in zip(rows, where):
+        if kind == "text" and isinstance(row, dict) and _shape(row, w) != found:
+            raise ValueError(f"{w} is a {KIND_NAMES[_shape(row, w)]} row, but row 1 is a {KIND_NAMES[found]} row; "
+                             "a file holds rows of one kind")
+        out.append(_check(row, found, w))
+    return out, found
+
+
+def load_rows(path, kind):
+    """The rows of a JSON list or JSON lines file, each checked as a row of this kind: 'pairs', 'mcq', 'scores', or
+    'text' (unlabelled: pairs, mcq or text rows, all of one shape; labels are not read). Labels become ints."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown row kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return load_any(path, kind)[0]
+
+
+def row_sequences(row):
+    """The (prompt, response) texts a row holds, in a fixed order: pairs -> chosen, rejected; mcq -> correct,
+    wrong_a..wrong_d; scores and text rows -> (their prompt or "", text)."""
+    if "response_chosen" in row:
+        return [(row["prompt"], row["response_chosen"]), (row["prompt"], row["response_rejected"])]
+    if "correct" in row:
+        return [(row["prompt"], row[k]) for k in ("correct", "wrong_a", "wrong_b", "wrong_c", "wrong_d")]
+    return [(row.get("prompt", ""), row["text"])]
+
+
+# -----------------------------------------------------------------------------
+# scores to preference pairs (paper appendix A.5)
+
+def score_pairs(labels, seed=0):
+    """Integer scores -> [(index of the chosen, index of the rejected)], by the rule of scores_to_pairs."""
+    levels = {}
+    for i, label in enumerate(labels):
+        levels.setdefault(label, []).append(i)
+    if len(levels) < 2:
+        raise ValueError(f"scores_to_pairs needs at least two score levels to make pairs, found "
+                         f"{len(levels)} ({', '.join(map(str, sorted(levels))) or 'no rows'})")
+    rng = random.Random(seed)
+    order = sorted(levels)
+    pairs = []
+    for lo, hi in zip(order, order[1:]):
+        low, high = levels[lo][:], levels[hi][:]
+        rng.shuffle(low)
+        rng.shuffle(high)
+        pairs += [(high[k % len(high)], low[k % len(low)]) for k in range(max(len(low), len(high)))]
+    return pairs
+
+
+def scores_to_pairs(rows, seed=0):
+    """Scores rows (text, label, optional prompt) -> pairs rows (the rows' prompt, response_chosen = the higher
+    score's text).
+
+    Only neighbouring levels are paired: consecutive levels among those present (1-2, 2-3, ...; a missing level
+    is skipped over, so 2-4 are neighbours if no 3 exists). For each pair of neighbours (lo, hi), both sets are
+    shuffled and zipped to max(|lo|, |hi|) pairs, cycling the smaller set, so that every example of either level is
+    in that block at least once. Hence every example is in a pair, every example above the lowest level is chosen at
+    least once, and every example below the highest level is rejected at least once. The lowest level is never
+    chosen, and the highest never rejected: no level lies beyond them. Deterministic given seed. The pairs also carry
+    score_chosen and score_rejected. Texts are compared only under one prompt: the rows must share it (or have none).
+    """
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or type(row.get("label")) is not int:
+            raise ValueError(f"scores_to_pairs: row {i + 1} is not a checked scores row with a text and an int label; "
+                             "read the file with load_rows(path, 'scores')")
+        if row.get("prompt", "") != rows[0].get("prompt", ""):
+            raise ValueError(f"scores_to_pairs: rows 1 and {i + 1} have different prompts; texts are paired only "
+                             "under one prompt")
+    return [{"prompt": rows[c].get("prompt", ""), "response_chosen": rows[c]["text"],
+             "response_rejected": rows[r]["text"], "score_chosen": rows[c]["label"], "score_rejected": rows[r]["label"]}
+            for c, r in score_pairs([row["label"] for row in rows], seed)]
