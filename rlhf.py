@@ -41,7 +41,6 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-import data
 import dial
 import packing
 import ppo
