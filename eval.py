@@ -174,7 +174,7 @@ def table(runs_dir):
     if not results:
         raise FileNotFoundError(f"no summary.json below {runs_dir}: no finished run to tabulate")
     tasks = sorted({t for t, _ in results})
-    methods = [m for m in dial.METHODS if any((t, m) in results for t in tasks)]
+    methods = [m for m in dial.METHODS + dial.PROMPTED if any((t, m) in results for t in tasks)]
     lines = ["| task | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
     for t in tasks:
         cells = []

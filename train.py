@@ -48,7 +48,8 @@ def parser():
                                 epilog="tasks: " + ", ".join(data.TASKS))
     a = p.add_argument
     a("--task", help="one of the tasks listed below (no --task: the offline demo)")
-    a("--method", default="dial", choices=dial.METHODS)
+    a("--method", default="dial", choices=dial.METHODS + dial.PROMPTED,
+      help="base-lm, few-shot-lm: the prompted baselines, which train nothing (prompted.py)")
     a("--model", help="Hugging Face checkpoint folder, or 'tiny' (a small random Gemma, tokenizer trained on the\n"
                       "task's text); default: checkpoints/gemma-2b for the paper's tasks, tiny for generated ones")
     a("--seed", type=int, default=0, help="training seed (initialisation, data order, critic)")
@@ -89,6 +90,9 @@ def parser():
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
+    g = p.add_argument_group("prompted baselines (--method base-lm, few-shot-lm: prompted.py)")
+    g.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per question (chain of thought)")
+    g.add_argument("--shots", type=int, default=3, help="few-shot-lm: labelled source examples before each question")
     return p
 
 
@@ -107,7 +111,7 @@ def parse_args(argv=None):
 # the checks of every numeric flag: (flags, test, what the flag must be)
 FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
-            "eval_rows"), lambda v: v >= 1, "at least 1"),
+            "eval_rows", "gen_tokens", "shots"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
@@ -463,6 +467,9 @@ def main(argv=None):
             return demo(device=args.device)
         with runfolder.Stop() as stop:  # a signal while the data loads: the run stops at its first step boundary
             cfg, task = resumed(args) if args.resume else resolve(args)
+            if cfg["method"] in dial.PROMPTED:  # trains nothing: generation and parsing, in its own file
+                import prompted
+                return prompted.run(cfg, task, args.resume)
             return run(cfg, task, args.resume, stop)
 
 
