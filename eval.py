@@ -214,12 +214,19 @@ def main(argv=None):
     p.add_argument("run", nargs="?", help="a run folder written by train.py")
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, mean +- s.e. over seeds (seeds counted)")
+    p.add_argument("--tsne", nargs="+", metavar="RUN_DIR", help="Fig. 3: t-SNE of the embeddings a run saved with "
+                   "train.py --save-embeddings (tsne.py)")
+    p.add_argument("-o", "--output", help="--tsne: the PNG (default RUN_DIR/tsne.png; required for several runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
         runfolder.check_device(args.device)
         if args.table:
             print(table(args.table))
+            return
+        if args.tsne:
+            import tsne
+            print(tsne.plot(args.tsne, args.output))
             return
         if not args.run:
             p.error("give a run folder, or --table RUNS_DIR")

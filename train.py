@@ -35,6 +35,7 @@ import data
 import dial
 import packing
 import runfolder
+import tsne
 from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
 from lora import add_lora
@@ -88,6 +89,9 @@ def parser():
     g.add_argument("--eval-rows", type=int, help="evaluate on the first N rows of val and test only")
     g.add_argument("--separator", default=packing.SEPARATOR, help="between prompt and response")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--save-embeddings", type=int, default=0, metavar="N",
+                   help="Fig. 3: save the embeddings of N random source and N target rows at step 0 and every\n"
+                        "epoch's end into RUN/embeddings/ (tsne.py; plot: python eval.py --tsne RUN)")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
     g = p.add_argument_group("prompted baselines (--method base-lm, few-shot-lm: prompted.py)")
@@ -115,6 +119,7 @@ CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_b
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
+          (("save_embeddings",), lambda v: v >= 0, "at least 0 (0: none saved)"),
           (("lora_dropout",), lambda v: FINITE(v) and 0 <= v < 1, "a number in [0, 1)"),
           (("max_len",), lambda v: v >= 2, "at least 2 (<bos> and one response token)"),
           (("seed", "data_seed"), lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
@@ -398,8 +403,10 @@ def _run(cfg, task, resume, stop):
                 f"{saved_step}) is finite: continue from it with a lower learning rate, e.g. "
                 f"`{runfolder.resume_command(out)} --lr {cfg['lr'] / 10:g}`")
 
+    embed = tsne.saver(cfg, task, core, tok, per_epoch) if rank == 0 else (lambda step: None)  # Fig. 3
     if not resume:
         checkpoint()  # step 0: from now on the run can always be resumed
+        embed(0)
     bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True, disable=rank > 0)
     try:
         while step < total and not stop(device):
@@ -428,6 +435,8 @@ def _run(cfg, task, resume, stop):
             write({"step": step, "split": "train", **logs})
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in ("loss", "w", "acc")})
+            if step % per_epoch == 0:
+                embed(step)
             if step % per_epoch == 0 or (cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == total:
                 bar.set_postfix(val=f"{validate()[main]:.3f}")
                 checkpoint()
