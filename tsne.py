@@ -100,8 +100,11 @@ def load(run_dir):
 def fit(emb, seed=0):
     """2-D t-SNE coordinates of emb (M, D)."""
     from sklearn.manifold import TSNE  # optional: only the picture needs it
+    from threadpoolctl import threadpool_limits  # (installed with scikit-learn)
     perplexity = float(min(30, max(2, (len(emb) - 1) // 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
+    # one thread: OpenMP's spinning threads took 54 s instead of 0.3 s for 32 points beside another busy process
+    with threadpool_limits(1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
 
 
 STYLE = {(0, True): ("source chosen", "o", "#1b7837"), (0, False): ("source rejected", "o", "#b2182b"),
