@@ -27,6 +27,7 @@ METHODS = ("src-pref", "dial", "src-pref-sft", "src-pref-tgt-ntp", "tgt-pref", "
 ORACLES = ("tgt-pref", "src-tgt-pref")  # the only methods allowed to read target labels
 LM_METHODS = ("src-pref-sft", "src-pref-tgt-ntp")  # add the backbone's next-token loss
 TARGET_METHODS = ("dial", "src-pref-tgt-ntp") + ORACLES  # read target examples (only the oracles, their labels)
+PROMPTED = ("base-lm", "few-shot-lm")  # prompted baselines that train nothing: prompted.py, not train_step
 
 
 @dataclass

@@ -198,7 +198,7 @@ def table(runs_dir):
         names = metrics.setdefault(s["task"], [s["metric"]])
         names += [k for k in s["test"] if k not in names and k != "non_finite"]
     tasks = sorted(metrics)
-    methods = [m for m in dial.METHODS if any((t, m) in results for t in tasks)]
+    methods = [m for m in dial.METHODS + dial.PROMPTED if any((t, m) in results for t in tasks)]
     lines = ["| task | metric | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
     for t in tasks:
         for name in metrics[t]:
@@ -292,7 +292,10 @@ def main(argv=None):
     p.add_argument("--split", default="test", choices=("val", "test"))
     p.add_argument("--table", metavar="RUNS_DIR", help="print task x method, every metric, mean +- s.e. over seeds")
     p.add_argument("--sweep", metavar="RUNS_DIR", help="plot paper Fig. 4 from runs of train.py --n-source/--n-target")
-    p.add_argument("-o", "--output", default="fig4.png", help="the PNG of --sweep")
+    p.add_argument("--tsne", nargs="+", metavar="RUN_DIR", help="Fig. 3: t-SNE of the embeddings a run saved with "
+                   "train.py --save-embeddings (tsne.py)")
+    p.add_argument("-o", "--output", help="the PNG of --sweep (default fig4.png) or of --tsne (default "
+                   "RUN_DIR/tsne.png; required for several runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
@@ -301,13 +304,17 @@ def main(argv=None):
             print(table(args.table))
             return
         if args.sweep:
-            for panel, lines in sweep(args.sweep, args.output).items():
+            output = args.output or "fig4.png"
+            for panel, lines in sweep(args.sweep, output).items():
                 for key, pts in lines.items():
                     print(panel, key, [(round(float(x), 3), round(float(m), 4), n) for x, m, _, n in pts])
-            print(f"wrote {args.output}")
+            print(f"wrote {output}")
+        if args.tsne:
+            import tsne
+            print(tsne.plot(args.tsne, args.output))
             return
         if not args.run:
-            p.error("give a run folder, or --table RUNS_DIR, or --sweep RUNS_DIR")
+            p.error("give a run folder, or --table RUNS_DIR, --sweep RUNS_DIR or --tsne RUN_DIR")
         model, tok, cfg = load_reward_model(args.run, args.device)
         task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["val"], cfg["test"],
                               cfg["data_seed"])

@@ -28,8 +28,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import data
@@ -37,9 +35,11 @@ import dial
 import formats
 import packing
 import runfolder
+import tsne
 from eval import command, evaluate
 from gemma import Gemma, GemmaConfig, Tokenizer
 from lora import add_lora
+from processes import barrier, gather_rows, mean_over_processes, parallel, world
 
 # -----------------------------------------------------------------------------
 # the command line
@@ -50,7 +50,8 @@ def parser():
                                 epilog="tasks: " + ", ".join(data.TASKS))
     a = p.add_argument
     a("--task", help="one of the tasks listed below (no --task: the offline demo)")
-    a("--method", default="dial", choices=dial.METHODS)
+    a("--method", default="dial", choices=dial.METHODS + dial.PROMPTED,
+      help="base-lm, few-shot-lm: the prompted baselines, which train nothing (prompted.py)")
     a("--model", help="Hugging Face checkpoint folder, or 'tiny' (a small random Gemma, tokenizer trained on the\n"
                       "task's text); default: checkpoints/gemma-2b for the paper's tasks, tiny for generated ones")
     a("--seed", type=int, default=0, help="training seed (initialisation, data order, critic)")
@@ -100,8 +101,14 @@ def parser():
                    help="a tie between chosen and rejected rewards counts half; 'correct' reproduces the released\n"
                         "code, which counted it as a win")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--save-embeddings", type=int, default=0, metavar="N",
+                   help="Fig. 3: save the embeddings of N random source and N target rows at step 0 and every\n"
+                        "epoch's end into RUN/embeddings/ (tsne.py; plot: python eval.py --tsne RUN)")
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
+    g = p.add_argument_group("prompted baselines (--method base-lm, few-shot-lm: prompted.py)")
+    g.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per question (chain of thought)")
+    g.add_argument("--shots", type=int, default=3, help="few-shot-lm: labelled source examples before each question")
     return p
 
 
@@ -124,10 +131,11 @@ def parse_args(argv=None):
 # the checks of every numeric flag: (flags, test, what the flag must be)
 FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
-            "eval_rows", "n_source", "n_target"), lambda v: v >= 1, "at least 1"),
+            "eval_rows", "n_source", "n_target", "gen_tokens", "shots"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
+          (("save_embeddings",), lambda v: v >= 0, "at least 0 (0: none saved)"),
           (("lora_dropout",), lambda v: FINITE(v) and 0 <= v < 1, "a number in [0, 1)"),
           (("max_len",), lambda v: v >= 2, "at least 2 (<bos> and one response token)"),
           (("seed", "data_seed"), lambda v: 0 <= v < 2 ** 32, "in [0, 2**32)"),
@@ -278,46 +286,6 @@ def build(cfg, folder):
 
 
 # -----------------------------------------------------------------------------
-# several processes: the same command under torchrun
-
-
-def world():
-    """(rank, number of processes, local rank): torchrun sets these variables; one process otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def parallel(core, device):
-    """The reward model as each process's training step sees it: backbone and head wrapped in DistributedDataParallel,
-    which averages their gradients over processes. The critic is not wrapped: every process trains its copy on the
-    embeddings of the whole global batch (gather_rows), from the same seed, so the copies stay identical without
-    exchanging gradients, and W and the gradient penalty are those of the global batch, as with one process."""
-    ids = [torch.device(device).index] if device.startswith("cuda") else None
-    model = dial.RewardModel(DDP(core.backbone, device_ids=ids), core.head.in_features)
-    model.head, model.critic = DDP(core.head, device_ids=ids), core.critic  # the new head and critic: discarded
-    return model
-
-
-def gather_rows(x):
-    """(n, D) in every process -> (world * n, D), in process order (detached rows: no gradient flows back)."""
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def mean_over_processes(logs, device):
-    if not dist.is_initialized():
-        return logs
-    t = torch.tensor([logs[k] for k in sorted(logs)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(sorted(logs), t.tolist())}
-
-
-# -----------------------------------------------------------------------------
 # the run
 
 
@@ -420,9 +388,11 @@ def _run(cfg, task, resume, stop):
                 f"{saved_step}) is finite: continue from it with a lower learning rate, e.g. "
                 f"`{runfolder.resume_command(out)} --lr {cfg['lr'] / 10:g}`")
 
+    embed = tsne.saver(cfg, task, core, tok, per_epoch) if rank == 0 else (lambda step: None)  # Fig. 3
     if not resume:
         validate()  # step 0, before any update, as the authors did: the base model's number, logged
         checkpoint()  # step 0: from now on the run can always be resumed
+        embed(0)
     bar = tqdm(total=total, initial=step, desc=f"{cfg['task']} {method}", dynamic_ncols=True, disable=rank > 0)
     try:
         while step < total and not stop(device):
@@ -451,6 +421,8 @@ def _run(cfg, task, resume, stop):
             write({"step": step, "split": "train", **logs})
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in ("loss", "w", "acc")})
+            if step % per_epoch == 0:
+                embed(step)
             if step % per_epoch == 0 or (cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == total:
                 bar.set_postfix(val=f"{validate()[main]:.3f}")
                 checkpoint()
@@ -491,6 +463,9 @@ def main(argv=None):
             return demo(device=args.device)
         with runfolder.Stop() as stop:  # a signal while the data loads: the run stops at its first step boundary
             cfg, task = resumed(args) if args.resume else resolve(args)
+            if cfg["method"] in dial.PROMPTED:  # trains nothing: generation and parsing, in its own file
+                import prompted
+                return prompted.run(cfg, task, args.resume)
             return run(cfg, task, args.resume, stop)
 
 

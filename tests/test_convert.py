@@ -2,7 +2,6 @@
 `gguf` package's own writer the way llama.cpp lays out gemma3, converted back and compared with the original model,
 and a SentencePiece BPE model trained here, whose vocabulary goes into the GGUF (with llama.cpp's two quirks) and
 must come back out encoding exactly as before."""
-import io
 import json
 import os
 import subprocess

@@ -1,0 +1,48 @@
+"""
+torchrun for train.py: which process this is, the reward model wrapped in DistributedDataParallel, and what crosses
+processes each step (the critic's rows, gathered; the logs, averaged). Without torchrun: one process, and nothing of
+this does anything.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import dial
+
+
+def world():
+    """(rank, number of processes, local rank): torchrun sets these variables; one process otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def parallel(core, device):
+    """The reward model as each process's training step sees it: backbone and head wrapped in DistributedDataParallel,
+    which averages their gradients over processes. The critic is not wrapped: every process trains its copy on the
+    embeddings of the whole global batch (gather_rows), from the same seed, so the copies stay identical without
+    exchanging gradients, and W and the gradient penalty are those of the global batch, as with one process."""
+    ids = [torch.device(device).index] if device.startswith("cuda") else None
+    model = dial.RewardModel(DDP(core.backbone, device_ids=ids), core.head.in_features)
+    model.head, model.critic = DDP(core.head, device_ids=ids), core.critic  # the new head and critic: discarded
+    return model
+
+
+def gather_rows(x):
+    """(n, D) in every process -> (world * n, D), in process order (detached rows: no gradient flows back)."""
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def mean_over_processes(logs, device):
+    if not dist.is_initialized():
+        return logs
+    t = torch.tensor([logs[k] for k in sorted(logs)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: v / dist.get_world_size() for k, v in zip(sorted(logs), t.tolist())}
