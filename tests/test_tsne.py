@@ -25,14 +25,16 @@ def runs(tmp_path_factory):
     def pairs(tag, n):
         return [{"prompt": f"{tag} question {i}", "response_chosen": f"{words[i % 4]} answer {i}",
                  "response_rejected": f"{words[4 + i % 4]} answer {i}"} for i in range(n)]
-    for name, rows in (("src", pairs("en", 12)), ("tgt", pairs("xx", 12)), ("eval", pairs("xx", 16))):
+    val_test = pairs("xx", 32)[12:]  # rows the target training set does not hold, split in two disjoint halves
+    for name, rows in (("src", pairs("en", 12)), ("tgt", pairs("xx", 12)), ("val", val_test[:10]),
+                       ("test", val_test[10:])):
         (d / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     out = {}
     for method in ("src-pref", "dial"):  # 3 steps an epoch (12 rows, 4 a step), 2 epochs
         out[method] = d / method
         train.main(["--task", "custom", "--source", str(d / "src.jsonl"), "--target", str(d / "tgt.jsonl"),
-                    "--eval", str(d / "eval.jsonl"), "--model", "tiny", "--method", method, "--epochs", "2",
-                    "--batch-src", "4", "--batch-tgt", "4", "--lora-r", "4", "--lora-alpha", "4",
+                    "--val", str(d / "val.jsonl"), "--test", str(d / "test.jsonl"), "--model", "tiny", "--method", method,
+                    "--epochs", "2", "--batch-src", "4", "--batch-tgt", "4", "--lora-r", "4", "--lora-alpha", "4",
                     "--save-embeddings", "8", "--out", str(out[method]), "--eval-batch", "5"])
     return out
 
@@ -50,7 +52,7 @@ def test_step0_embeddings_are_the_base_models_last_token_states(runs):
     """One sequence at a time through the base Gemma (no packing, no LoRA): <bos> prompt separator response."""
     cfg = json.loads((runs["dial"] / "config.json").read_text())
     gemma, tok = runfolder.load_base(str(runs["dial"] / "base"), torch.float32, "cpu")
-    task = data.load_task("custom", cfg["data_dir"], cfg["source"], cfg["target"], cfg["eval"])
+    task = data.load_task("custom", cfg["data_dir"], cfg["source"], cfg["target"], cfg["val"], cfg["test"])
     src, tgt = tsne.sample_rows(task, 8, cfg["seed"], cfg["data_seed"])
     assert all(r in task["source"] for r in src) and all(r in task["target"] for r in tgt)
     want = []
