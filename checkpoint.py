@@ -142,6 +142,20 @@ GEMMA3_TEXT_DEFAULTS = dict(  # transformers' Gemma3TextConfig defaults, which a
     bos_token_id=2)
 
 
+def read_json(path, expected="a JSON object"):
+    """The JSON object in path, or one sentence saying what is wrong with the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); expected {expected}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds {type(obj).__name__}, expected {expected}")
+    return obj
+
+
 def read_config(path):
     """config.json (model_type gemma, gemma2, gemma3_text, or gemma3's text_config) -> GemmaConfig's fields."""
     try:

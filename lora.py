@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from checkpoint import read_json
+
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model, whose decoder is at "model."
 
@@ -170,13 +172,7 @@ def load_adapter(model, path, modules_to_save=None):
     config_path = os.path.join(path, "adapter_config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{config_path} does not exist: expected a PEFT adapter folder")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{config_path} is not valid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{config_path} holds {type(cfg).__name__}, expected a JSON object")
+    cfg = read_json(config_path, "a PEFT adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{config_path}: peft_type is {cfg.get('peft_type')!r}, only 'LORA' adapters are supported")
     for key, plain in (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"), ("rank_pattern", {}),

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from checkpoint import read_json  # noqa: F401 (runfolder.read_json, for train.py and eval.py)
+
 STATE = "state.safetensors"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "adapter", "base", STATE)  # what a fresh run replaces
 
@@ -66,20 +68,6 @@ def remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
-
-
-def read_json(path, expected="a JSON object"):
-    """The JSON object in path, or one sentence saying what is wrong with the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); expected {expected}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds {type(obj).__name__}, expected {expected}")
-    return obj
 
 
 # -----------------------------------------------------------------------------
