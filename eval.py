@@ -23,6 +23,30 @@ from lora import load_adapter
 
 
 TIES = ("half", "correct")
+# Paper Table 8 (Gemma-2b, 3 seeds, mean and standard error): odd-one-out test accuracy of Src-Pref and DIAL, by
+# (source, target) category; table() prints them beside our odd-one-out rows.
+TABLE8 = {  # (source, target): ((Src-Pref mean, s.e.), (DIAL mean, s.e.))
+    ("desserts", "fruits"): ((0.363, 0.09), (0.686, 0.035)),
+    ("desserts", "sauces"): ((0.4, 0.107), (0.743, 0.028)),
+    ("desserts", "vegetables"): ((0.234, 0.057), (0.489, 0.037)),
+    ("desserts", "snacks"): ((0.477, 0.045), (0.728, 0.013)),
+    ("fruits", "desserts"): ((0.261, 0.06), (0.561, 0.047)),
+    ("fruits", "sauces"): ((0.254, 0.101), (0.404, 0.019)),
+    ("fruits", "vegetables"): ((0.649, 0.016), (0.714, 0.002)),
+    ("fruits", "snacks"): ((0.091, 0.017), (0.455, 0.038)),
+    ("sauces", "desserts"): ((0.398, 0.035), (0.61, 0.018)),
+    ("sauces", "fruits"): ((0.251, 0.008), (0.442, 0.037)),
+    ("sauces", "vegetables"): ((0.285, 0.056), (0.454, 0.037)),
+    ("sauces", "snacks"): ((0.405, 0.071), (0.643, 0.005)),
+    ("vegetables", "desserts"): ((0.174, 0.029), (0.389, 0.019)),
+    ("vegetables", "fruits"): ((0.708, 0.012), (0.756, 0.01)),
+    ("vegetables", "sauces"): ((0.202, 0.041), (0.538, 0.061)),
+    ("vegetables", "snacks"): ((0.247, 0.092), (0.471, 0.04)),
+    ("snacks", "desserts"): ((0.304, 0.018), (0.629, 0.033)),
+    ("snacks", "fruits"): ((0.183, 0.012), (0.397, 0.027)),
+    ("snacks", "sauces"): ((0.248, 0.029), (0.683, 0.068)),
+    ("snacks", "vegetables"): ((0.229, 0.016), (0.396, 0.064)),
+}
 
 
 def pairwise_accuracy(r_chosen, r_rejected, ties="half"):
@@ -191,7 +215,7 @@ def mean_se(x):
 def table(runs_dir):
     """Markdown table of every test metric of each task (the main one first: Pearson and Spearman for the essays;
     acc, Pearson and Spearman for the rated sentiment tasks), task x method, mean +- standard error over seeds (the
-    paper's layout), the number of seeds in brackets."""
+    paper's layout), the number of seeds in brackets; beside odd-one-out tasks, the paper's Table 8 (Gemma-2b)."""
     results, metrics = {}, {}  # (task, method) -> [test metrics per seed]; task -> its metrics, main first
     for _, s in summaries(runs_dir):
         results.setdefault((s["task"], s["method"]), []).append(s["test"])
@@ -199,7 +223,11 @@ def table(runs_dir):
         names += [k for k in s["test"] if k not in names and k != "non_finite"]
     tasks = sorted(metrics)
     methods = [m for m in dial.METHODS + dial.PROMPTED if any((t, m) in results for t in tasks)]
-    lines = ["| task | metric | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
+    paper = {t: TABLE8[tuple(t.split("-")[1:])] for t in tasks if tuple(t.split("-")[1:]) in TABLE8
+             and t.startswith("oddoneout-")}  # the paper's numbers, only where the table has such a task
+    extra = ["paper src-pref (Gemma-2b)", "paper dial (Gemma-2b)"] if paper else []
+    lines = ["| task | metric | " + " | ".join(methods + extra) + " |",
+             "| --- | --- |" + " --- |" * (len(methods) + len(extra))]
     for t in tasks:
         for name in metrics[t]:
             cells = []
@@ -207,6 +235,9 @@ def table(runs_dir):
                 x = [r[name] for r in results.get((t, m), []) if isinstance(r.get(name), (int, float))]
                 mean, se = mean_se(x) if x else (0, 0)
                 cells.append("" if not x else f"{mean:.3f}" + (f" +- {se:.3f}" if len(x) > 1 else "") + f" ({len(x)})")
+            if extra:  # beside the main metric (accuracy) only
+                here = t in paper and name == "acc"
+                cells += [f"{m:.3f} +- {se:.3f} (3)" for m, se in paper[t]] if here else ["", ""]
             lines.append(f"| {t} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,5 +1,7 @@
 """eval.py's metrics against scipy and closed forms. Run: python -m pytest -q tests/test_eval.py"""
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -88,3 +90,26 @@ def test_sweep_plots_the_mix_and_the_amount_of_target_data(tmp_path):
     write_summary(tmp_path / "old", "t", "dial", 0, "acc", {"acc": 0.5})
     with pytest.raises(ValueError, match="does not say how many source and target rows the run used"):
         evaluation.sweep(str(tmp_path), str(tmp_path / "x.png"))
+
+
+def test_table_puts_the_papers_table8_beside_odd_one_out(tmp_path):
+    for seed, acc in enumerate([0.2, 0.3]):
+        write_summary(tmp_path / "o" / f"seed{seed}", "oddoneout-desserts-sauces", "dial", seed, "acc", {"acc": acc})
+    write_summary(tmp_path / "s", "sentiment-en-zh", "dial", 0, "acc", {"acc": 0.7})
+    lines = evaluation.table(str(tmp_path)).splitlines()
+    assert lines[0] == "| task | metric | dial | paper src-pref (Gemma-2b) | paper dial (Gemma-2b) |"
+    assert lines[2] == "| oddoneout-desserts-sauces | acc | 0.250 +- 0.050 (2) | 0.400 +- 0.107 (3) | 0.743 +- 0.028 (3) |"
+    assert lines[3] == "| sentiment-en-zh | acc | 0.700 (1) |  |  |"
+
+
+def test_table8_is_the_papers():
+    """Our transcription of Table 8 against the paper's text in ../shared (skips where the paper is not beside us)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "paper", "dial_arxiv_2501.00911.txt")
+    if not os.path.exists(path):
+        pytest.skip("the paper's text (../shared/paper) is not here")
+    text = open(path, encoding="utf-8").read()
+    body = text[text.index("Table 8:"):text.index("Average", text.index("Table 8:"))]
+    pm = r"([\d.]+) \\pm ([\d.]+)"
+    found = {(a.lower(), b.lower()): ((float(m1), float(s1)), (float(m2), float(s2)))
+             for a, b, m1, s1, m2, s2 in re.findall(r"^(\w+)\t(\w+)\t" + pm + r"\t" + pm, body, re.M)}
+    assert len(found) == 20 and found == evaluation.TABLE8
