@@ -133,10 +133,11 @@ def test_eval_reevaluates_and_tabulates(tmp_path, capsys):
     capsys.readouterr()
     evaluation.main(["--table", str(tmp_path / "runs")])
     table = capsys.readouterr().out.splitlines()
-    assert table[0] == "| task | metric | src-pref | dial |"
+    assert table[0] == "| task | metric | src-pref | dial | paper src-pref (Gemma-2b) | paper dial (Gemma-2b) |"
     assert table[2].startswith("| oddoneout-vegetables-snacks | acc | ") and table[3].startswith(
         "| oddoneout-vegetables-snacks | rank | ")  # every metric of the task, the main one first
-    assert table[2].count("+-") == 2 and table[2].count("(2)") == 2
+    assert table[2].count("(2)") == 2 and table[2].endswith("| 0.247 +- 0.092 (3) | 0.471 +- 0.040 (3) |")
+    assert table[3].count("(2)") == 2 and table[3].endswith("|  |  |")  # the paper's numbers are accuracies
     with pytest.raises(SystemExit, match="no summary.json below"):
         evaluation.main(["--table", str(tmp_path / "nothing")])
 
