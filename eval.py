@@ -223,8 +223,9 @@ def table(runs_dir):
         names += [k for k in s["test"] if k not in names and k != "non_finite"]
     tasks = sorted(metrics)
     methods = [m for m in dial.METHODS + dial.PROMPTED if any((t, m) in results for t in tasks)]
-    paper = {t: TABLE8[tuple(t.split("-")[1:])] for t in tasks if tuple(t.split("-")[1:]) in TABLE8
-             and t.startswith("oddoneout-")}  # the paper's numbers, only where the table has such a task
+    cats = {t: (data.TASKS.get(t, {}).get("source_category"), data.TASKS.get(t, {}).get("target_category"))
+            for t in tasks}  # the registry's odd-one-out categories; (None, None) for every other task
+    paper = {t: TABLE8[c] for t, c in cats.items() if c in TABLE8}  # only where the table has such a task
     extra = ["paper src-pref (Gemma-2b)", "paper dial (Gemma-2b)"] if paper else []
     lines = ["| task | metric | " + " | ".join(methods + extra) + " |",
              "| --- | --- |" + " --- |" * (len(methods) + len(extra))]
