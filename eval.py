@@ -295,6 +295,81 @@ def sweep(runs_dir, png):
     return points
 
 
+CURVES = (("val", "validation main metric"), ("bt", "Bradley-Terry loss (source)"), ("w", "W, critic's estimate"),
+          ("gp", "gradient penalty"), ("critic_grad", "critic's |grad f| at the data"),
+          ("emb", "mean embedding norm (solid source, dashed target)"),
+          ("share", "lam * W share of the gradient at the embeddings"), ("acc", "training accuracy (source)"))
+LABEL_KEYS = ("method", "lam", "lam_gp", "critic_scale", "critic_lr", "lr", "batch_src", "seed")
+
+
+def curves(run_dirs, png):
+    """The logged metrics of runs over training, one panel per quantity of CURVES, one line per run, labelled by the
+    settings in which the runs differ. x: source examples seen (step x batch), so that runs of different batch sizes
+    line up epoch for epoch; training logs are averaged over a window of about 1/50 of the run.
+    Returns {panel: {label: points drawn}} and {run: label}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = []
+    for run in run_dirs:
+        cfg = runfolder.read_json(os.path.join(run, "config.json"), "the config of a train.py run")
+        path = os.path.join(run, "metrics.jsonl")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: {run} is not a train.py run folder")
+        with open(path) as f:
+            logs = [json.loads(line) for line in f if line.strip()]
+        runs.append((run, cfg, logs))
+    differ = [k for k in LABEL_KEYS if len({json.dumps(c.get(k)) for _, c, _ in runs}) > 1] or ["method"]
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
+    labels, drawn = {}, {key: {} for key, _ in CURVES}
+    for i, (run, cfg, logs) in enumerate(runs):
+        per_step = cfg["batch_src"] * cfg.get("processes", 1)
+        label = labels[run] = ", ".join(f"{k} {cfg.get(k)}" if k != "method" else str(cfg[k]) for k in differ)
+        color = f"C{i % 10}"
+        train = [r for r in logs if r.get("split") == "train"]
+        val = [r for r in logs if r.get("split") == "val"]
+        main = "pearson" if val and "pearson" in val[0] and "acc" not in val[0] else "acc"
+        window = max(1, len(train) // 50)
+
+        def line(ax, key, style="-", rows=train, smooth=True):
+            pts = [(r["step"] * per_step, r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            panel = CURVES[list(axes.flat).index(ax)][0]
+            drawn[panel][label] = drawn[panel].get(label, 0) + len(pts)
+            if pts:
+                x, y = np.array(pts, dtype=np.float64).T
+                if smooth and window > 1:
+                    y = np.convolve(y, np.ones(window) / window, mode="valid")
+                    x = x[window - 1:]
+                ax.plot(x, y, style, color=color, label=label if ax is axes[0, 0] else None, lw=1.2)
+
+        for ax, (key, title) in zip(axes.flat, CURVES):
+            ax.set_title(title, fontsize=9)
+            if key == "val":
+                line(ax, main, "-o", val, smooth=False)
+                ax.set_title(f"validation {main}", fontsize=9)
+            elif key == "emb":
+                line(ax, "emb_src"), line(ax, "emb_tgt", "--")
+            elif key == "share":
+                share = [{"step": r["step"], "share": r["pull_w"] / (r["pull_w"] + r["pull_bt"])} for r in train
+                         if "pull_w" in r and r["pull_w"] + r["pull_bt"] > 0]
+                line(ax, "share", rows=share)
+            else:
+                line(ax, key)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("source examples seen", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 2].set_yscale("symlog"), axes[0, 3].set_yscale("symlog"), axes[1, 0].set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    tasks = sorted({c.get("task") for _, c, _ in runs})
+    fig.suptitle(f"{', '.join(map(str, tasks))}: training logs averaged over {max(1, len(runs[0][2]) // 50)} steps",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return drawn, labels
+
+
 @contextlib.contextmanager
 def command(device):
     """The body of a command line (train.py's and this file's), given this process's device:
@@ -326,8 +401,10 @@ def main(argv=None):
     p.add_argument("--sweep", metavar="RUNS_DIR", help="plot paper Fig. 4 from runs of train.py --n-source/--n-target")
     p.add_argument("--tsne", nargs="+", metavar="RUN_DIR", help="Fig. 3: t-SNE of the embeddings a run saved with "
                    "train.py --save-embeddings (tsne.py)")
-    p.add_argument("-o", "--output", help="the PNG of --sweep (default fig4.png) or of --tsne (default "
-                   "RUN_DIR/tsne.png; required for several runs)")
+    p.add_argument("--curves", nargs="+", metavar="RUN_DIR", help="the training logs of runs over steps: validation, "
+                   "BT, W, GP, the critic's gradient norm, embedding norms, W's share of the gradient")
+    p.add_argument("-o", "--output", help="the PNG of --sweep (default fig4.png), --curves (default curves.png) or "
+                   "--tsne (default RUN_DIR/tsne.png; required for several runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
@@ -341,6 +418,12 @@ def main(argv=None):
                 for key, pts in lines.items():
                     print(panel, key, [(round(float(x), 3), round(float(m), 4), n) for x, m, _, n in pts])
             print(f"wrote {output}")
+        if args.curves:
+            output = args.output or "curves.png"
+            for run, label in curves(args.curves, output)[1].items():
+                print(f"{label}: {run}")
+            print(f"wrote {output}")
+            return
         if args.tsne:
             import tsne
             print(tsne.plot(args.tsne, args.output))

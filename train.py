@@ -84,6 +84,10 @@ def parser():
     g.add_argument("--critic-iters", type=int, default=3)
     g.add_argument("--critic-lr", type=float, default=1e-4)
     g.add_argument("--critic-wd", type=float, default=1e-3)
+    g.add_argument("--critic-scale", default="1", metavar="S",
+                   help="the critic reads embeddings / S and trains on W / S (dial.Critic says why): '1' is the paper;\n"
+                        "'source': S = the mean source embedding norm at step 0 (measured, saved in config.json),\n"
+                        "which keeps the critic near 1-Lipschitz whatever the backbone's scale; or a number")
     g.add_argument("--critic-act", default="gelu", choices=("gelu", "none"),
                    help="'none' reproduces the authors' released critic, which had no activation")
     g.add_argument("--lm-weight", type=float, default=1.0, help="weight of the SFT / NTP loss of the baselines")
@@ -143,6 +147,9 @@ CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_b
 
 
 def check(cfg):
+    scale = cfg.get("critic_scale")
+    if scale is not None and scale != "source" and not (_number(scale) and FINITE(float(scale)) and float(scale) > 0):
+        raise ValueError(f"--critic-scale must be 'source' or a positive finite number (1: the paper), got {scale!r}")
     for keys, ok, what in CHECKS:
         for key in keys:
             if cfg.get(key) is not None and not ok(cfg[key]):
@@ -150,6 +157,14 @@ def check(cfg):
     if None not in (cfg["batch_src"], cfg["batch_tgt"]) and (cfg["batch_src"] % cfg["accum"] or cfg["batch_tgt"] % cfg["accum"]):
         raise ValueError(f"--accum {cfg['accum']} must divide the batch sizes ({cfg['batch_src']}, {cfg['batch_tgt']})")
     runfolder.check_device(cfg["device"])
+
+
+def _number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def resolve(args):
@@ -194,6 +209,8 @@ def resumed(args):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"nothing to resume: {path} does not exist")
     saved = runfolder.read_json(path, "the config of a train.py run")
+    if isinstance(saved, dict):
+        saved.setdefault("critic_scale", "1")  # a run from before the flag: the paper's critic
     types = {a.dest: a.type or (bool if a.const is True else str) for a in parser()._actions if a.dest != "help"}
     for key, t in types.items():
         if key in ("resume", "out"):
@@ -285,6 +302,28 @@ def build(cfg, folder):
     return model, tok
 
 
+SCALE_ROWS = 64  # source examples whose mean embedding norm fixes --critic-scale source
+
+
+def measure_scale(model, src, cfg):
+    """The mean norm of the embeddings of up to SCALE_ROWS seeded source examples (every response) under the model
+    as it is at step 0, for --critic-scale source: every process measures the same rows, so gets the same number."""
+    pick = random.Random(f"critic-scale/{cfg['seed']}").sample(range(len(src)), min(SCALE_ROWS, len(src)))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        for i in range(0, len(pick), cfg["eval_batch"]):
+            emb = model(packing.to_device(packing.pack([src[j] for j in pick[i:i + cfg["eval_batch"]]]),
+                                          cfg["device"]))[0]
+            total, count = total + emb.norm(dim=1).double().sum().item(), count + emb.shape[0]
+        model.train(was)
+    if not (count and math.isfinite(total / count) and total > 0):
+        raise FloatingPointError(f"--critic-scale source: the mean source embedding norm at step 0 is {total / max(count, 1)}, "
+                                 "not a positive finite number")
+    return total / count
+
+
 # -----------------------------------------------------------------------------
 # the run
 
@@ -330,6 +369,13 @@ def _run(cfg, task, resume, stop):
     tokenise = lambda rows: packing.tokenize(  # noqa: E731
         rows, tok, cfg["max_len"], cfg["separator"], cfg["truncation"])
     src, tgt = tokenise(task["source"]), tokenise(tgt_rows)
+    if "critic_scale_value" not in cfg:  # fixed once, at step 0 of a fresh run; a resumed run reads it back
+        cfg["critic_scale_value"] = (measure_scale(core, src, cfg) if cfg["critic_scale"] == "source"
+                                     else float(cfg["critic_scale"]))
+        if rank == 0:
+            runfolder.write_json(os.path.join(out, "config.json"), {
+                **runfolder.read_json(os.path.join(out, "config.json")), "critic_scale_value": cfg["critic_scale_value"]})
+    core.critic.scale = cfg["critic_scale_value"]
     evals = {s: (rows, tokenise(rows)) for s in ("val", "test") for rows in [task[s][:cfg["eval_rows"]]]}
     B_s, B_t, A = cfg["batch_src"], cfg["batch_tgt"], cfg["accum"]  # per process: the global batch is n_proc times
     uses_tgt = method in dial.TARGET_METHODS

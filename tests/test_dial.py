@@ -93,6 +93,11 @@ def test_gradient_penalty_of_a_linear_critic_is_exact():
         src, tgt = scale * torch.randn(7, D), scale * torch.randn(3, D) + 2
         expected = (critic.weight.norm() - 1) ** 2
         assert torch.allclose(dial.gradient_penalty(critic, src, tgt), expected, rtol=1e-6, atol=0)
+    # a scaled critic s * g(x / s) with g linear has g's slope: the same penalty, whatever s
+    for s in (0.5, 90.0):
+        scaled = dial.Critic(D, activation="none", scale=s)
+        scaled.net = nn.Sequential(critic)
+        assert torch.allclose(dial.gradient_penalty(scaled, src, tgt), expected, rtol=1e-5, atol=0)
     # the gradient penalty must train the critic: it carries gradient to the weights
     dial.gradient_penalty(critic, src, tgt).backward()
     w = critic.weight.detach()
@@ -120,6 +125,43 @@ def test_critic_estimates_the_wasserstein_distance_between_shifted_gaussians():
     expected = (1 + mu.norm().item() / 20) * mu.norm().item()
     print(f"W estimate {est:.4f}, expected {expected:.4f} (W1 = {mu.norm():.4f})")
     assert abs(est - expected) < 0.04 * expected
+
+
+def test_a_scaled_critic_is_the_unit_scale_critic_in_the_data_units():
+    # Data 50 times larger: the paper's critic (s = 1) would settle at slope 1 + 50 |mu| / 20 = 8.5 (see Critic);
+    # with s = 50, f(x) = 50 g(x / 50) and g trains on the unit-scale problem of the test above: slope 1 + |mu| / 20,
+    # estimate 50 (1 + |mu| / 20) |mu|, through critic_step's own loss W / s - lam_gp GP
+    mu, steps, c = torch.tensor([2.4, -1.8]), 250, 50.0
+    slopes = {}
+    for s in (c, 1.0):
+        torch.manual_seed(0)
+        critic = dial.Critic(2, scale=s)
+        opt = torch.optim.Adam(critic.parameters(), lr=5e-3, betas=(0.5, 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1 - i / steps)
+        g = torch.Generator().manual_seed(0)
+        cfg = dial.DialConfig(lam_gp=10.0, critic_iters=1)
+        for _ in range(steps):
+            dial.critic_step(critic, c * (torch.randn(128, 2) + mu), c * torch.randn(128, 2), opt, cfg, g)
+            sched.step()
+        src, tgt = c * (torch.randn(20000, 2) + mu), c * torch.randn(20000, 2)
+        slopes[s] = dial.critic_grad_norm(critic, torch.cat([src, tgt])).item()
+        if s == c:
+            with torch.no_grad():
+                est = dial.wasserstein(critic, src, tgt).item()
+            expected = c * (1 + mu.norm().item() / 20) * mu.norm().item()
+            assert abs(est - expected) < 0.04 * expected, (est, expected)
+    print(f"slope at the data: scaled critic {slopes[c]:.3f}, paper's critic {slopes[1.0]:.3f}")
+    assert abs(slopes[c] - (1 + mu.norm().item() / 20)) < 0.05
+    assert slopes[1.0] > 3  # the paper's critic on the same data is far from 1-Lipschitz (and still climbing)
+    # the same function at s = 1 as the paper's critic, bit for bit
+    torch.manual_seed(0)
+    a = dial.Critic(4)
+    torch.manual_seed(0)
+    b = dial.Critic(4, scale=1.0)
+    x = torch.randn(5, 4)
+    assert torch.equal(a(x), a.net(x).squeeze(-1)) and torch.equal(a(x), b(x))
+    with pytest.raises(ValueError, match="scale"):
+        dial.Critic(4, scale=0.0)
 
 
 def test_bradley_terry_at_equal_rewards_is_log_2():
@@ -160,7 +202,28 @@ def test_dial_step_runs_the_backbone_once_per_micro_batch():
     model = make_model()
     logs = step(model, [make_batch(seed=0), make_batch(seed=1)], "dial")
     assert model.backbone.calls == 2
-    assert set(logs) == {"bt", "acc", "w", "gp", "loss"}
+    assert set(logs) == {"bt", "acc", "w", "gp", "loss", "emb_src", "emb_tgt", "critic_grad", "pull_bt", "pull_w"}
+    assert set(step(make_model(), [make_batch()], "src-pref")) == {"bt", "acc", "loss", "emb_src"}
+
+
+def test_the_game_is_logged_as_its_closed_forms():
+    # a linear critic f(x) = w.x has slope |w| everywhere; W's gradient at a source row is w / n_s, at a target row
+    # -w / n_t; BT's at chosen row i is -sigmoid(-d_i) h / n and at rejected row i +sigmoid(-d_i) h / n (h: the head)
+    model, batch, lam = make_model(), make_batch(), 0.3
+    model.critic = nn.Linear(D, 1)
+    with torch.no_grad():
+        emb = model.backbone(batch["inputs"])[0]
+    logs = step(model, [batch], "dial", cfg=dial.DialConfig(lam=lam, critic_iters=0))
+    w, h = model.critic.weight.detach().norm(), model.head.weight.detach().norm()
+    src = torch.cat([batch["src_chosen"], batch["src_rejected"]])
+    n_s, n_t, n = len(src), len(batch["tgt"]), len(batch["src_chosen"])
+    r = emb @ model.head.weight.detach()[0]
+    d = r[batch["src_chosen"]] - r[batch["src_rejected"]]
+    expected = {"critic_grad": w, "pull_w": lam * w * math.sqrt(1 / n_s + 1 / n_t),
+                "pull_bt": h / n * math.sqrt(2 * torch.sigmoid(-d).pow(2).sum()),
+                "emb_src": emb[src].norm(dim=1).mean(), "emb_tgt": emb[batch["tgt"]].norm(dim=1).mean()}
+    for k, v in expected.items():
+        assert logs[k] == pytest.approx(float(v), rel=1e-5), k
 
 
 def test_critic_loss_never_reaches_the_backbone():

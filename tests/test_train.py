@@ -60,7 +60,7 @@ def test_scored_texts_custom_task(tmp_path, custom_files, method):
 
 def test_resume_continues_exactly(tmp_path):
     common = ["--task", "oddoneout-fruits-sauces", "--eval-every", "2", "--eval-rows", "16", "--lora-r", "4",
-              "--lora-alpha", "4", "--seed", "3"]
+              "--lora-alpha", "4", "--seed", "3", "--critic-scale", "source"]  # measured once, read back on resume
     full = train.main(["--out", str(tmp_path / "full"), "--max-steps", "6", *common])
     train.main(["--out", str(tmp_path / "half"), "--max-steps", "3", *common])
     with open(tmp_path / "half" / "metrics.jsonl", "a") as f:  # killed after logging step 4, before its checkpoint
@@ -75,6 +75,58 @@ def test_resume_continues_exactly(tmp_path):
     logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "half")]
     half = [r for r in logs[1] if (r["step"], r["split"]) != (3, "val")]  # it also evaluated where it stopped
     assert logs[0] == half
+
+
+def test_dial_with_lambda_zero_is_src_pref_with_its_batch(tmp_path):
+    # the same 4 source pairs per step: with lam 0 the critic trains beside the model but never moves it
+    common = ["--task", "oddoneout-desserts-fruits", "--batch-src", "4", "--batch-tgt", "4", "--eval-every", "1"]
+    run(tmp_path, "dial", *common, "--method", "dial", "--lam", "0")
+    run(tmp_path, "src", *common, "--method", "src-pref")
+    logs = {r: [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("dial", "src")}
+    assert [(x["step"], x["split"]) for x in logs["dial"]] == [(x["step"], x["split"]) for x in logs["src"]]
+    for a, b in zip(logs["dial"], logs["src"]):
+        for k in ("bt", "acc", "rank", "emb_src"):
+            if k in b:
+                assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (a["step"], a["split"], k)
+    states = [runfolder.read_state(str(tmp_path / r / "state.safetensors"))["model"] for r in ("dial", "src")]
+    for k, v in states[1].items():
+        if not k.startswith("critic."):  # LoRA and the head; the critic trained in the DIAL run only
+            assert torch.allclose(states[0][k], v, atol=1e-5), k
+    assert logs["dial"][1]["pull_w"] == 0 and logs["dial"][1]["critic_grad"] > 0  # the critic trained all the same
+
+
+def test_critic_scale_source_is_measured_at_step_0_and_logged(tmp_path):
+    out = tmp_path / "scaled"
+    run(tmp_path, "scaled", "--task", "oddoneout-desserts-fruits", "--method", "dial", "--critic-scale", "source")
+    cfg = json.loads((out / "config.json").read_text())
+    logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in logs if r["split"] == "train"][0]
+    assert cfg["critic_scale"] == "source" and cfg["critic_scale_value"] == pytest.approx(first["emb_src"], rel=0.3)
+    assert all(k in first for k in ("w", "gp", "critic_grad", "emb_src", "emb_tgt", "pull_bt", "pull_w"))
+    default = json.loads((tmp_path / "paper" / "config.json").read_text()) if run(
+        tmp_path, "paper", "--task", "oddoneout-desserts-fruits", "--max-steps", "1") else None
+    assert default["critic_scale"] == "1" and default["critic_scale_value"] == 1.0
+    for bad in ("0", "-2", "nan", "inf", "sauce"):
+        with pytest.raises(SystemExit, match="--critic-scale must be"):
+            run(tmp_path, "bad" + bad, "--task", "oddoneout-desserts-fruits", "--critic-scale", bad)
+
+
+def test_curves_draw_the_game(tmp_path, capsys):
+    common = ["--task", "oddoneout-desserts-fruits", "--batch-src", "4", "--batch-tgt", "4"]
+    run(tmp_path, "dial", *common, "--method", "dial", "--critic-scale", "source")
+    run(tmp_path, "src", *common, "--method", "src-pref")
+    png = tmp_path / "curves.png"
+    drawn, labels = evaluation.curves([str(tmp_path / "dial"), str(tmp_path / "src")], str(png))
+    assert png.stat().st_size > 10000 and sorted(labels.values()) == ["dial, critic_scale source", "src-pref, critic_scale 1"]
+    dial_run, src_run = labels[str(tmp_path / "dial")], labels[str(tmp_path / "src")]
+    for panel in ("critic_grad", "w", "gp", "share"):
+        assert drawn[panel][dial_run] == 3 and drawn[panel].get(src_run, 0) == 0, panel
+    assert drawn["emb"][dial_run] == 6 and drawn["emb"][src_run] == 3  # source and target; source only
+    assert drawn["val"][dial_run] == 2 and drawn["bt"][src_run] == 3  # validation at steps 0 and 3; BT every step
+    evaluation.main(["--curves", str(tmp_path / "dial"), "-o", str(tmp_path / "one.png")])
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "one.png").exists()
+    with pytest.raises(SystemExit, match="not a train.py run folder|does not exist"):
+        evaluation.main(["--curves", str(tmp_path)])
 
 
 def test_killed_save_leaves_the_previous_state(tmp_path, monkeypatch):
