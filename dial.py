@@ -29,6 +29,13 @@ ORACLES = ("tgt-pref", "src-tgt-pref")  # the only methods allowed to read targe
 LM_METHODS = ("src-pref-sft", "src-pref-tgt-ntp")  # add the backbone's next-token loss
 TARGET_METHODS = ("dial", "src-pref-tgt-ntp") + ORACLES  # read target examples (only the oracles, their labels)
 PROMPTED = ("base-lm", "few-shot-lm")  # prompted baselines that train nothing: prompted.py, not train_step
+# logs that are gradient norms at the embeddings: split over parts (micro-batches, processes) that each hold their
+# own rows, the step's gradient is the parts' mean, whose norm is sqrt(sum of the parts' squared norms) / parts
+NORM_LOGS = ("pull_bt", "pull_w")
+
+
+def combine_norms(squares_sum, parts):
+    return squares_sum ** 0.5 / parts
 
 
 @dataclass
@@ -243,8 +250,9 @@ def train_step(model, micro_batches, method, opt, critic_opt, cfg, generator=Non
         (loss / len(micro_batches)).backward()
         out["loss"] = loss
         for k, v in out.items():  # detached tensors, summed: no device sync until the end of the step
-            logs[k] = logs.get(k, 0) + v.detach()
+            logs[k] = logs.get(k, 0) + (v.detach() ** 2 if k in NORM_LOGS else v.detach())
     opt.step()
     opt.zero_grad(set_to_none=True)
     values = torch.stack([v.float() for v in logs.values()]).tolist()  # the step's one host-device sync
-    return {k: v / len(micro_batches) for k, v in zip(logs, values)}
+    n = len(micro_batches)
+    return {k: combine_norms(v, n) if k in NORM_LOGS else v / n for k, v in zip(logs, values)}

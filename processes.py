@@ -43,6 +43,8 @@ def gather_rows(x):
 def mean_over_processes(logs, device):
     if not dist.is_initialized():
         return logs
-    t = torch.tensor([logs[k] for k in sorted(logs)], dtype=torch.float64, device=device)
+    keys, P = sorted(logs), dist.get_world_size()
+    t = torch.tensor([logs[k] ** 2 if k in dial.NORM_LOGS else logs[k] for k in keys], dtype=torch.float64,
+                     device=device)
     dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(sorted(logs), t.tolist())}
+    return {k: dial.combine_norms(v, P) if k in dial.NORM_LOGS else v / P for k, v in zip(keys, t.tolist())}

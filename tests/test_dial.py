@@ -339,6 +339,25 @@ def test_gradient_accumulation_matches_one_big_batch():
     assert abs(logs1["bt"] - logs2["bt"]) <= 1e-6
 
 
+def test_the_game_logs_of_micro_batches_are_those_of_one_big_batch():
+    # with the critic held still, every log of DIAL's step is a function of the global batch: means average, and the
+    # gradient norms at the embeddings combine as the norm of the parts' mean (dial.NORM_LOGS)
+    x = torch.randn(24, 3, generator=torch.Generator().manual_seed(5))  # 8 chosen, 8 rejected, 8 target rows
+    big = {"inputs": {"x": x}, "src_chosen": torch.arange(8), "src_rejected": torch.arange(8, 16),
+           "tgt": torch.arange(16, 24)}
+    halves = []
+    for h in (slice(0, 4), slice(4, 8)):
+        rows = torch.cat([torch.arange(8)[h], torch.arange(8, 16)[h], torch.arange(16, 24)[h]])
+        halves.append({"inputs": {"x": x[rows]}, "src_chosen": torch.arange(4), "src_rejected": torch.arange(4, 8),
+                       "tgt": torch.arange(8, 12)})
+    cfg = dial.DialConfig(lam=0.7, critic_iters=0)
+    logs1 = step(make_model(), [big], "dial", cfg=cfg)
+    logs2 = step(make_model(), halves, "dial", cfg=cfg)
+    for k in logs1:
+        if k != "gp":  # (no critic iteration: no penalty computed)
+            assert logs2[k] == pytest.approx(logs1[k], rel=1e-5), k
+
+
 def test_bad_method_and_missing_keys_get_one_clear_sentence():
     with pytest.raises(ValueError, match="unknown method 'DIAL'"):
         step(make_model(), [make_batch()], "DIAL")
