@@ -57,7 +57,8 @@ class GemmaConfig:
     sliding_window: int = None       # W, for the layers that layer_types marks sliding
     layer_types: tuple = None        # per layer SLIDING or FULL; None: all full
     rope_local_base_freq: float = None   # 3: RoPE base of the sliding layers; None: rope_theta
-    rope_scaling_factor: float = 1.0     # 3 (4b and up): "linear" scaling of the full layers' positions
+    rope_scaling_factor: float = 1.0     # "linear" RoPE scaling (positions / factor) of the full layers (Gemma 3 4b+)
+    rope_local_scaling_factor: float = 1.0  # the same for the sliding layers (Gemma 2: as the full ones)
     attn_logit_softcapping: float = None   # 2: scores -> c tanh(scores / c) before the mask
     final_logit_softcapping: float = None  # 2: logits -> c tanh(logits / c)
 
@@ -100,7 +101,9 @@ class GemmaConfig:
 
     @classmethod
     def from_json(cls, path):
-        """Reads a Hugging Face config.json: model_type gemma, gemma2, gemma3_text, or gemma3 (its text_config)."""
+        """Reads a Hugging Face config.json: model_type gemma, gemma2, gemma3_text, or gemma3 (its text_config), as
+        transformers 4.x (rope_theta, rope_scaling) or 5 (rope_parameters) writes it; any key whose numerics gemma.py
+        does not implement is refused, naming the key (checkpoint.CONFIG_KEYS)."""
         return cls(**read_config(path))
 
     def to_hf(self):
@@ -336,8 +339,9 @@ class Gemma(nn.Module):
         if position_ids is not None:
             pos = position_ids
         local = cfg.rope_local_base_freq or cfg.rope_theta
+        # cos and sin of the full and of the sliding layers, each (B, T, d) or (N, d)
         ropes = {False: rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, h.dtype, cfg.rope_scaling_factor),
-                 True: rope_cos_sin(pos, cfg.head_dim, local, h.dtype)}  # each (B, T, d) or (N, d)
+                 True: rope_cos_sin(pos, cfg.head_dim, local, h.dtype, cfg.rope_local_scaling_factor)}
         if h.dim() == 3:
             ropes = {k: (cos[:, None], sin[:, None]) for k, (cos, sin) in ropes.items()}  # (B, 1, T, d): over heads
         for i, layer in enumerate(self.layers):

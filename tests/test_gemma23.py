@@ -14,11 +14,11 @@ from hf_reference import hf_positions, random_hf_gemma
 
 LOGIT_TOL = 1e-4
 WINDOW = 5  # shorter than the test sequences, so that the window bites
-ARCH = {  # small caps and a query scalar != head_dim, a local RoPE base != the global one, linear scaling: all bite
+ARCH = {  # small caps, a query scalar != head_dim, RoPE bases != the defaults and linear scaling: all bite
     "gemma2": dict(generation="gemma2", num_hidden_layers=4, sliding_window=WINDOW, query_pre_attn_scalar=20,
                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
     "gemma3": dict(generation="gemma3", num_hidden_layers=4, sliding_window=WINDOW, query_pre_attn_scalar=20,
-                   rope_theta=10000.0, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+                   rope_theta=2000.0, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
                    layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]),
 }
 
