@@ -11,6 +11,7 @@ import json
 import math
 import os
 import stat
+import sys
 
 import numpy as np
 import torch
@@ -413,7 +414,9 @@ def hf_config(cfg):
 
 
 class Tokenizer:
-    """SentencePiece tokenizer.model of Gemma: <pad>=0, <eos>=1, <bos>=2; BOS added by default, EOS never."""
+    """SentencePiece tokenizer.model of Gemma: <pad>=0, <eos>=1, <bos>=2; BOS added by default, EOS never. The chat
+    markers <start_of_turn> and <end_of_turn> are matched in text as single pieces (they are user-defined pieces);
+    stop_ids: the ids that end a response, <eos> and, where the vocabulary has it, <end_of_turn>."""
 
     def __init__(self, path):
         import sentencepiece as spm  # imported here so that the model code runs without it
@@ -425,6 +428,13 @@ class Tokenizer:
             raise ValueError(f"{path} is not a SentencePiece model ({e})") from None
         self.bos_id, self.eos_id, self.pad_id = self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()
         self.vocab_size = self.sp.vocab_size()
+        turns = {p: self.sp.piece_to_id(p) for p in ("<start_of_turn>", "<end_of_turn>")}
+        turns = {p: i for p, i in turns.items() if self.sp.id_to_piece(i) == p}  # unknown pieces map to <unk>
+        self.stop_ids = (self.eos_id,) + ((turns["<end_of_turn>"],) if "<end_of_turn>" in turns else ())
+        if any(self.sp.is_control(i) for i in turns.values()):  # SentencePiece never matches a control piece in text
+            print(f"warning: {path} types the chat markers {' and '.join(turns)} as control pieces, so text that "
+                  "holds them is split into characters; convert the model again (convert.py makes them user-defined)",
+                  file=sys.stderr)
 
     def encode(self, text, bos=True):
         return ([self.bos_id] if bos else []) + self.sp.encode(text)

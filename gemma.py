@@ -366,10 +366,12 @@ class Gemma(nn.Module):
                  generator=None):
         """Continues each row of input_ids (B, T), left-padded where attention_mask (B, T) has zeros at the start:
         greedy at temperature 0, else sampling from softmax(logits / temperature) cut to the smallest set of tokens
-        whose probability reaches top_p. Stops after max_new_tokens, or once every row has emitted eos_id (None:
-        never); a finished row emits pad_token_id. Returns (B, T + n) ids, n <= max_new_tokens. Keys and values of
-        earlier tokens are cached, so each step runs the new token only."""
+        whose probability reaches top_p. A row ends at its first stop id: eos_id is one id, or several (a chat model
+        ends a turn with <end_of_turn> as well as <eos>: Tokenizer.stop_ids), or None (never). A finished row emits
+        pad_token_id; generation stops after max_new_tokens or once every row has ended. Returns (B, T + n) ids,
+        n <= max_new_tokens. Keys and values of earlier tokens are cached, so each step runs the new token only."""
         B, T = input_ids.shape
+        stops = None if eos_id is None else torch.as_tensor(eos_id, device=input_ids.device).flatten()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         if (mask[:, 1:] < mask[:, :-1]).any():
             raise ValueError("generate needs left padding: some row of attention_mask has a pad after a real token")
@@ -388,8 +390,8 @@ class Gemma(nn.Module):
                     p[(p.cumsum(-1) - p) >= top_p] = 0
                 nxt = order.gather(-1, torch.multinomial(p, 1, generator=generator))[:, 0]
             nxt = nxt.masked_fill(done, self.config.pad_token_id)
-            if eos_id is not None:
-                done = done | (nxt == eos_id)
+            if stops is not None:
+                done = done | torch.isin(nxt, stops)
             out.append(nxt[:, None])
             step, mask = nxt[:, None], torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
             if done.all():
@@ -480,5 +482,5 @@ if __name__ == "__main__":  # check a download: python gemma.py checkpoints/gemm
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     ids = model.generate(torch.tensor([tok.encode(args.prompt)], device=device), max_new_tokens=args.tokens,
-                         eos_id=tok.eos_id)
+                         eos_id=tok.stop_ids)
     print(tok.decode(ids[0].tolist()))

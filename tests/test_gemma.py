@@ -327,6 +327,26 @@ def test_tokenizer_batch_matches_transformers(sp_model, padding_side, truncation
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
 
 
+@pytest.mark.parametrize("kind", ["user_defined_symbols", "control_symbols"])
+def test_tokenizer_chat_markers_and_stop_ids(tmp_path, capsys, kind):
+    # user-defined markers (Google's tokenizer.model) are single pieces in text and <end_of_turn> stops generation;
+    # control ones (an older conversion of a GGUF) are never matched in text, which the tokenizer says when loaded
+    import sentencepiece as spm
+    marks = ["<start_of_turn>", "<end_of_turn>"]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXTS[:2] * 20), model_prefix=str(tmp_path / "m"), model_type="bpe", vocab_size=300,
+        hard_vocab_limit=False, byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", minloglevel=2, **{kind: marks})
+    tok = Tokenizer(str(tmp_path / "m.model"))
+    turn = [tok.sp.piece_to_id(p) for p in marks]
+    assert tok.stop_ids == (1, turn[1])
+    chat = "<start_of_turn>user\nHi<end_of_turn>\n"
+    warned = "control pieces" in capsys.readouterr().err
+    assert (set(turn) <= set(tok.encode(chat))) == (kind == "user_defined_symbols") == (not warned)
+    assert tok.decode(tok.encode(chat)) == chat
+
+
 def test_tokenizer_refuses_bad_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer.model does not exist"):
         Tokenizer(str(tmp_path / "tokenizer.model"))

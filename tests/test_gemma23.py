@@ -210,17 +210,22 @@ def test_cached_logits_equal_uncached(generator_pair):
 
 
 def test_eos_stops_and_finished_rows_emit_pad(generator_pair):
+    # one stop id, or two (<eos> and <end_of_turn>): each row ends at the first of them it emits, whichever it is
     _, _, ours = generator_pair
     _, ids, mask = padded_batch(512, [7, 3, 5], "left", seed=2)
     free = ours.generate(ids, mask, max_new_tokens=6)
-    eos = int(free[0, 7 + 1])  # row 0's second new token: make it the end of sequence
-    got = ours.generate(ids, mask, max_new_tokens=6, eos_id=eos)
-    for row, new in zip(free[:, 7:], got[:, 7:]):
-        hits = (row == eos).nonzero()
-        stop = int(hits[0]) + 1 if len(hits) else len(row)
-        assert torch.equal(new[:stop], row[:stop]) and (new[stop:] == 0).all()
-    finished = (got[:, 7:] == eos).any(-1)
-    assert got.shape[1] == 7 + 6 or (finished.all() and got.shape[1] < 7 + 6)  # stops early once every row ended
+    eos, turn = int(free[0, 7 + 1]), int(free[1, 7 + 3])  # row 0's second new token, row 1's fourth
+    outs = []
+    for stops in ([eos], [eos, turn], [turn, eos]):
+        got = ours.generate(ids, mask, max_new_tokens=6, eos_id=stops[0] if len(stops) == 1 else tuple(stops))
+        outs.append(got)
+        for row, new in zip(free[:, 7:], got[:, 7:]):
+            hits = torch.isin(row, torch.tensor(stops)).nonzero()
+            stop = int(hits[0]) + 1 if len(hits) else len(row)
+            assert torch.equal(new[:stop], row[:stop]) and (new[stop:] == 0).all(), stops
+        finished = torch.isin(got[:, 7:], torch.tensor(stops)).any(-1)
+        assert got.shape[1] == 7 + 6 or (finished.all() and got.shape[1] < 7 + 6)  # stops early once all rows ended
+    assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])  # the second id ends rows; order is moot
 
 
 def test_sampling_follows_top_p(generator_pair):
