@@ -150,7 +150,7 @@ def reference(path, device, dtype, cfg, compile=False):
     import transformers
     import dial
     model = transformers.GemmaForSequenceClassification.from_pretrained(
-        path, num_labels=1, torch_dtype=dtype, attn_implementation="sdpa").to(device)  # they used flash_attention_2
+        path, num_labels=1, dtype=dtype, attn_implementation="sdpa").to(device)  # they used flash_attention_2
     model.config.pad_token_id = 0
     model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
                                                        target_modules=list(LORA["targets"])))

@@ -136,7 +136,7 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
     import transformers
     ours = Gemma(GemmaConfig.tiny())
     ours.save_pretrained(tmp_path)
-    theirs = transformers.GemmaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    theirs = transformers.GemmaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids = torch.randint(3, 4096, (2, 20))
     with torch.no_grad():
         assert (ours.logits(ours(ids)) - theirs(input_ids=ids).logits).abs().max() <= LOGIT_TOL

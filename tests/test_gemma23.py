@@ -115,7 +115,7 @@ def test_save_pretrained_loads_in_transformers(checkpoint, tmp_path):
     ours = Gemma.from_pretrained(path)
     ours.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == hf.config.model_type
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32,
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
                                                                attn_implementation="eager").eval()
     assert type(theirs) is type(hf)
     ids = torch.randint(3, 512, (2, 20))
