@@ -241,17 +241,17 @@ def read_config(path):
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(hf, dict):
         raise ValueError(f"{path} should hold a JSON object, found {type(hf).__name__}")
-    _check_keys(hf, path)
     kind = hf.get("model_type", "gemma")
+    if kind not in ("gemma3", *DEFAULTS):
+        raise ValueError(f"{path} describes a {str(kind)[:40]!r} model; gemma.py implements Gemma v1, 2 and 3 "
+                         "(model_type 'gemma', 'gemma2', 'gemma3_text' or 'gemma3')")
+    _check_keys(hf, path)
     if kind == "gemma3":  # the multimodal config: its text part, where keys equal to the defaults are left out
         text = hf.get("text_config") or {}
         if not isinstance(text, dict):
             raise ValueError(f"{path}: 'text_config' should be a JSON object, found {type(text).__name__}")
         _check_keys(text, path, "text_config.")
         hf, kind = {**GEMMA3_SHAPES, **text}, "gemma3_text"
-    if kind not in DEFAULTS:
-        raise ValueError(f"{path} describes a {str(kind)[:40]!r} model; gemma.py implements Gemma v1, 2 and 3 "
-                         "(model_type 'gemma', 'gemma2', 'gemma3_text' or 'gemma3')")
     values = {k: _typed(hf, k, path, required=True) for k in REQUIRED}
     for k, default in DEFAULTS[kind].items():  # left out: transformers' default; null: none (a cap, a window)
         values[k] = _typed(hf, k, path, required=k in NOT_NULL) if k in hf else default

@@ -193,6 +193,7 @@ def new_format(**rope):
     ({**fixture("gemma3"), "text_config": {**fixture("gemma3")["text_config"], "attention_bias": True}},
      r"'text_config.attention_bias' is true"),
     ({**new_format(), "rms_norm_eps": None}, r"gives no 'rms_norm_eps'"),
+    ({**fixture("gemma"), "model_type": "llama", "mlp_bias": False}, r"describes a 'llama' model"),
     ({**new_format(), "sliding_window": None}, r"has sliding layers but 'sliding_window' is null"),
 ])
 def test_refuses_what_it_does_not_implement_in_one_sentence(tmp_path, config, message):
