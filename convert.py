@@ -12,9 +12,12 @@ What llama.cpp changed on the way to GGUF, and we undo (tests/test_convert.py ch
 - every RMSNorm scale is stored as 1 + w (Gemma's norm multiplies by 1 + w; llama.cpp's by the stored value): subtract 1;
 - tensor dims are listed fastest-varying first, the reverse of numpy order: the reader's arrays are already in numpy
   order, which is the Hugging Face (out, in) order, so nothing is transposed;
-- the tokenizer is a list of pieces, scores and types, not a SentencePiece file: we rebuild the ModelProto, and fix two
-  things llama.cpp wrote differently from Google's tokenizer.model: pieces made only of '▁' (whitespace runs) were
-  written as spaces, which would never match the escaped input, and <unk> was typed CONTROL instead of UNKNOWN;
+- the tokenizer is a list of pieces, scores and types, not a SentencePiece file: we rebuild the ModelProto, and fix
+  three things llama.cpp wrote differently from Google's tokenizer.model: pieces made only of '▁' (whitespace runs)
+  were written as spaces, which would never match the escaped input; <unk> was typed CONTROL instead of UNKNOWN; and
+  the pieces Gemma's chat format writes in text (<start_of_turn>, <end_of_turn>, and any other control piece the
+  GGUF's chat template writes) were typed CONTROL too, which SentencePiece never matches in raw text: they become
+  USER_DEFINED, as in Google's tokenizer.model, while <bos>, <eos>, <pad> and <unk> keep their types;
 - what the GGUF does not store, llama.cpp hard-codes for gemma3, and so do we: every 6th layer attends globally, the
   sliding layers use RoPE base 10,000, and the attention scale is 1/sqrt(head_dim) (the 27B, with 62 layers, uses
   1/sqrt(hidden / heads)).
@@ -161,7 +164,8 @@ def hf_config(reader, path):
 # sentencepiece_model_pb2, so that converting needs no protobuf at run time; the tests parse our bytes with
 # sentencepiece_model_pb2 and load them in sentencepiece itself.
 
-UNKNOWN = 2  # piece types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte, in GGUF as in SentencePiece
+UNKNOWN, CONTROL, USER_DEFINED = 2, 3, 4  # piece types, in GGUF as in SentencePiece: also 1 normal, 5 unused, 6 byte
+CHAT_PIECES = ("<start_of_turn>", "<end_of_turn>")  # Gemma's turn markers: its chat format writes them in text
 
 
 def _varint(n):
@@ -202,6 +206,13 @@ def tokenizer_model(reader, path):
     ids = {k: meta(reader, path, f"tokenizer.ggml.{k}_token_id") for k in ("unknown", "bos", "eos", "padding")}
     types = list(types)
     types[ids["unknown"]] = UNKNOWN  # trap 2: llama.cpp types <unk> CONTROL; SentencePiece needs one UNKNOWN piece
+    # trap 3: llama.cpp types CONTROL what transformers lists as special, the chat markers included; SentencePiece never
+    # matches a control piece in text, so "<start_of_turn>user" would become '<', 'start', '_', ... and the model
+    # would never see its turn marker. USER_DEFINED pieces are matched in text, as one piece each.
+    template = meta(reader, path, "tokenizer.chat_template", "")
+    for i, (piece, kind) in enumerate(zip(pieces, types)):
+        if kind == CONTROL and i not in ids.values() and (piece in CHAT_PIECES or piece in template):
+            types[i] = USER_DEFINED
     proto = []
     for piece, score, kind in zip(pieces, scores, types):
         if piece and piece.strip(" ") == "":  # trap 1: a run of '▁' that llama.cpp wrote as spaces

@@ -57,7 +57,8 @@ class GemmaConfig:
     sliding_window: int = None       # W, for the layers that layer_types marks sliding
     layer_types: tuple = None        # per layer SLIDING or FULL; None: all full
     rope_local_base_freq: float = None   # 3: RoPE base of the sliding layers; None: rope_theta
-    rope_scaling_factor: float = 1.0     # 3 (4b and up): "linear" scaling of the full layers' positions
+    rope_scaling_factor: float = 1.0     # "linear" RoPE scaling (positions / factor) of the full layers (Gemma 3 4b+)
+    rope_local_scaling_factor: float = 1.0  # the same for the sliding layers (Gemma 2: as the full ones)
     attn_logit_softcapping: float = None   # 2: scores -> c tanh(scores / c) before the mask
     final_logit_softcapping: float = None  # 2: logits -> c tanh(logits / c)
 
@@ -100,7 +101,9 @@ class GemmaConfig:
 
     @classmethod
     def from_json(cls, path):
-        """Reads a Hugging Face config.json: model_type gemma, gemma2, gemma3_text, or gemma3 (its text_config)."""
+        """Reads a Hugging Face config.json: model_type gemma, gemma2, gemma3_text, or gemma3 (its text_config), as
+        transformers 4.x (rope_theta, rope_scaling) or 5 (rope_parameters) writes it; any key whose numerics gemma.py
+        does not implement is refused, naming the key (checkpoint.CONFIG_KEYS)."""
         return cls(**read_config(path))
 
     def to_hf(self):
@@ -336,8 +339,9 @@ class Gemma(nn.Module):
         if position_ids is not None:
             pos = position_ids
         local = cfg.rope_local_base_freq or cfg.rope_theta
+        # cos and sin of the full and of the sliding layers, each (B, T, d) or (N, d)
         ropes = {False: rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta, h.dtype, cfg.rope_scaling_factor),
-                 True: rope_cos_sin(pos, cfg.head_dim, local, h.dtype)}  # each (B, T, d) or (N, d)
+                 True: rope_cos_sin(pos, cfg.head_dim, local, h.dtype, cfg.rope_local_scaling_factor)}
         if h.dim() == 3:
             ropes = {k: (cos[:, None], sin[:, None]) for k, (cos, sin) in ropes.items()}  # (B, 1, T, d): over heads
         for i, layer in enumerate(self.layers):
@@ -362,10 +366,12 @@ class Gemma(nn.Module):
                  generator=None):
         """Continues each row of input_ids (B, T), left-padded where attention_mask (B, T) has zeros at the start:
         greedy at temperature 0, else sampling from softmax(logits / temperature) cut to the smallest set of tokens
-        whose probability reaches top_p. Stops after max_new_tokens, or once every row has emitted eos_id (None:
-        never); a finished row emits pad_token_id. Returns (B, T + n) ids, n <= max_new_tokens. Keys and values of
-        earlier tokens are cached, so each step runs the new token only."""
+        whose probability reaches top_p. A row ends at its first stop id: eos_id is one id, or several (a chat model
+        ends a turn with <end_of_turn> as well as <eos>: Tokenizer.stop_ids), or None (never). A finished row emits
+        pad_token_id; generation stops after max_new_tokens or once every row has ended. Returns (B, T + n) ids,
+        n <= max_new_tokens. Keys and values of earlier tokens are cached, so each step runs the new token only."""
         B, T = input_ids.shape
+        stops = None if eos_id is None else torch.as_tensor(eos_id, device=input_ids.device).flatten()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
         if (mask[:, 1:] < mask[:, :-1]).any():
             raise ValueError("generate needs left padding: some row of attention_mask has a pad after a real token")
@@ -384,8 +390,8 @@ class Gemma(nn.Module):
                     p[(p.cumsum(-1) - p) >= top_p] = 0
                 nxt = order.gather(-1, torch.multinomial(p, 1, generator=generator))[:, 0]
             nxt = nxt.masked_fill(done, self.config.pad_token_id)
-            if eos_id is not None:
-                done = done | (nxt == eos_id)
+            if stops is not None:
+                done = done | torch.isin(nxt, stops)
             out.append(nxt[:, None])
             step, mask = nxt[:, None], torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
             if done.all():
@@ -476,5 +482,5 @@ if __name__ == "__main__":  # check a download: python gemma.py checkpoints/gemm
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     ids = model.generate(torch.tensor([tok.encode(args.prompt)], device=device), max_new_tokens=args.tokens,
-                         eos_id=tok.eos_id)
+                         eos_id=tok.stop_ids)
     print(tok.decode(ids[0].tolist()))

@@ -146,7 +146,8 @@ def parse(completion, kind, options=None):
 
 def generate(gemma, tok, prompts, max_new_tokens, batch_size, device, max_prompt):
     """Greedy completions of prompts, in order: batches of left-padded prompts (sorted by length, so a batch pads
-    little), each prompt cut to its last max_prompt tokens; the completion ends at <eos>."""
+    little), each prompt cut to its last max_prompt tokens; the completion ends at <eos> (or <end_of_turn>:
+    tok.stop_ids)."""
     out = [None] * len(prompts)
     ids = [tok.encode(p) for p in prompts]
     ids = [x if len(x) <= max_prompt else x[:1] + x[len(x) - max_prompt + 1:] for x in ids]
@@ -155,9 +156,9 @@ def generate(gemma, tok, prompts, max_new_tokens, batch_size, device, max_prompt
         chunk = order[i:i + batch_size]
         input_ids, mask = pad([ids[j] for j in chunk], tok.pad_id if tok.pad_id >= 0 else 0, side="left")
         new = gemma.generate(input_ids.to(device), mask.to(device), max_new_tokens=max_new_tokens,
-                             eos_id=tok.eos_id)[:, input_ids.shape[1]:].tolist()
+                             eos_id=tok.stop_ids)[:, input_ids.shape[1]:].tolist()
         for j, toks in zip(chunk, new):
-            out[j] = tok.decode(toks[:toks.index(tok.eos_id)] if tok.eos_id in toks else toks)
+            out[j] = tok.decode(toks[:next((k for k, i in enumerate(toks) if i in tok.stop_ids), len(toks))])
     return out
 
 

@@ -83,12 +83,6 @@ def ref_logp(policy, *batch, temperature=1.0):
         return policy(*batch, temperature=temperature)[0]
 
 
-def stop_id(tok):
-    """<end_of_turn> ends a model turn in Gemma's chat tokenizers; tokenizers without it (tiny) stop at <eos>."""
-    i = tok.sp.piece_to_id("<end_of_turn>")
-    return i if i != tok.sp.unk_id() and tok.sp.id_to_piece(i) == "<end_of_turn>" else tok.eos_id
-
-
 def queries(tok, prompts, max_len):
     """<bos> + Gemma's user turn + the model-turn cue; a long prompt loses its start, never the cue."""
     q = [tok.encode(xstest.TEMPLATE.format(p["prompt"])) for p in prompts]
@@ -97,17 +91,18 @@ def queries(tok, prompts, max_len):
 
 @torch.no_grad()
 def sample(gemma, tok, qs, cfg, temperature, generator, desc):
-    """One response per query: ids up to and including the stop token (or response_len tokens), and their text."""
-    ids_out, texts, stop, mode = [], [], stop_id(tok), gemma.training
+    """One response per query: ids up to and including its first stop token (<eos>, or <end_of_turn> where the
+    vocabulary has it: tok.stop_ids) or response_len tokens, and their text."""
+    ids_out, texts, stops, mode = [], [], tok.stop_ids, gemma.training
     gemma.eval()  # no LoRA dropout while sampling: greedy evaluation stays deterministic
     for k in tqdm(range(0, len(qs), cfg["gen_batch"]), desc=desc, leave=False):
         ids, mask = pad(qs[k:k + cfg["gen_batch"]], tok.pad_id, "left")
         seq = gemma.generate(ids.to(cfg["device"]), mask.to(cfg["device"]), max_new_tokens=cfg["response_len"],
-                             temperature=temperature, top_p=1.0, eos_id=stop, generator=generator)
+                             temperature=temperature, top_p=1.0, eos_id=stops, generator=generator)
         for row in seq[:, ids.shape[1]:].tolist():
-            row = row[:row.index(stop) + 1] if stop in row else row
-            ids_out.append(row)
-            texts.append(tok.decode([i for i in row if i not in (stop, tok.eos_id)]))
+            end = next((k for k, i in enumerate(row) if i in stops), len(row) - 1)
+            ids_out.append(row[:end + 1])
+            texts.append(tok.decode([i for i in row[:end + 1] if i not in stops]))
     gemma.train(mode)
     return ids_out, texts
 

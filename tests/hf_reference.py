@@ -19,31 +19,42 @@ GENERATIONS = {"gemma": ("GemmaConfig", "GemmaForCausalLM"), "gemma2": ("Gemma2C
 def random_hf_gemma(shape="mqa", vocab_size=512, num_hidden_layers=3, seed=0, cls=None, generation="gemma",
                     **overrides):
     """A transformers Gemma (GemmaForCausalLM by default; Gemma2ForCausalLM or Gemma3ForCausalLM by generation) in
-    float32 with every weight randomised to O(1) activations. At transformers' own init the norm weights are zero
-    and activations tiny, which would hide a (1 + w) bug and the GELU variant. Eager attention: transformers' SDPA
-    path silently drops Gemma 2's soft-capping."""
+    float32 with every weight randomised to O(1) activations (randomise). Eager attention: transformers 4's SDPA path
+    silently dropped Gemma 2's soft-capping."""
     import transformers
     config_cls, model_cls = (getattr(transformers, name) for name in GENERATIONS[generation])
     cfg = config_cls(
         vocab_size=vocab_size, num_hidden_layers=num_hidden_layers, max_position_embeddings=1024,
-        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",  # the hub's "gelu" is exact in some versions
-        attn_implementation="eager", torch_dtype="float32", pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        # the tanh GELU Gemma uses, named explicitly: transformers 4 ran the hub's "gelu" as the exact GELU
+        hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
+        attn_implementation="eager", dtype="float32", pad_token_id=0, eos_token_id=1, bos_token_id=2,
         **{**CONFIGS[shape], **overrides})
+    return randomise((cls or model_cls)(cfg), seed)
+
+
+def randomise(model, seed=0):
+    """Every weight of a transformers Gemma drawn for O(1) activations, in float32, eval mode. At transformers' own
+    init the norm weights are zero and activations tiny, which would hide a (1 + w) bug and the GELU variant."""
     torch.manual_seed(seed)
-    model = (cls or model_cls)(cfg).float().eval()
+    model = model.float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:  # RMSNorm weights, applied as (1 + w)
                 p.normal_(0.0, 0.5)
-            elif "embed_tokens" in name:  # scaled by sqrt(D) in the forward pass: O(1) after scaling
-                p.normal_(0.0, p.shape[1] ** -0.5)
-            else:  # Linear weights (out, in)
+            else:  # Linear weights (out, in), and the embedding, scaled by sqrt(D) in the forward pass: O(1) after it
                 p.normal_(0.0, p.shape[1] ** -0.5)
     act = model.model.layers[0].mlp.act_fn
     u = torch.linspace(-4, 4, 101)
     tanh_gelu = 0.5 * u * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (u + 0.044715 * u ** 3)))
     assert torch.allclose(act(u), tanh_gelu, atol=1e-6), "the reference must use the tanh GELU that Gemma uses"
     return model
+
+
+def hf_rope(config, layer_type="full_attention"):
+    """(base, linear factor) of a layer type's RoPE as transformers 5 reads a config: rope_parameters, one dict, or in
+    Gemma 3 one per layer type (transformers 4 had rope_theta, rope_local_base_freq and rope_scaling instead)."""
+    params = config.rope_parameters.get(layer_type, config.rope_parameters)
+    return params["rope_theta"], params["factor"] if params["rope_type"] == "linear" else 1.0
 
 
 def hf_positions(mask):

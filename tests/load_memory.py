@@ -56,7 +56,7 @@ def write_checkpoint(path, layers):
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump(index, f)
     with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump({"model_type": "gemma", **vars(cfg)}, f)
+        json.dump(cfg.to_hf(), f)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from sentencepiece import sentencepiece_model_pb2
 
 import convert
+from hf_reference import hf_rope
 
 Q8 = gguf.GGMLQuantizationType.Q8_0
 F32 = gguf.GGMLQuantizationType.F32
@@ -45,21 +46,26 @@ CORPUS = [
 TEXTS = [  # varied, partly unseen: characters outside the corpus go through byte fallback
     "The quick brown fox", "Water boils at 100 degrees.", "a  b   c    d     e", "   leading and trailing   ",
     "서울은 대한민국의 수도이다.", "我每天早上喝茶。", "def f(x):\n    return x * 2\n\n\n", "1234567890 and 3.14159",
-    "emoji 🤗🦙 and ünïcödé ß", "tabs\t\tand\nnewlines\n\n", "<start_of_turn>user\nhi<end_of_turn>", "",
-    "Ελληνικά και русский текст", "x" * 40,
+    "emoji 🤗🦙 and ünïcödé ß", "tabs\t\tand\nnewlines\n\n", "<start_of_turn>user\nhi<end_of_turn>\n", "",
+    "Ελληνικά και русский текст", "x" * 40, "<start_of_turn>model\n<think>a plan</think> 42<end_of_turn>",
+    "<mask> and <bos> stay text",
 ]
+CHAT = ["<start_of_turn>", "<end_of_turn>", "<think>"]  # written in text by the chat template below
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{% if m['role'] == 'model' %}<think>"
+            "{% endif %}{{ m['content'] }}<end_of_turn>\n{% endfor %}")
 
 
 def train_spm(tmp_path):
-    """A Gemma-style SentencePiece BPE model, plus user-defined whitespace-run pieces as in Gemma 3's vocabulary."""
+    """A Gemma-style SentencePiece BPE model, plus user-defined whitespace-run pieces and chat markers as in Gemma 3's
+    tokenizer.model, and a control piece (<mask>) that text never produces."""
     path = str(tmp_path / "spm")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_prefix=path, model_type="bpe", vocab_size=400, hard_vocab_limit=False,
         byte_fallback=True, split_digits=True, normalization_rule_name="identity", add_dummy_prefix=False,
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
         pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", num_threads=1, minloglevel=2,
-        control_symbols=["<start_of_turn>", "<end_of_turn>"],
-        user_defined_symbols=["\u2581\u2581", "\u2581\u2581\u2581", "\u2581\u2581\u2581\u2581", "\n", "\n\n", "\t\t"])
+        control_symbols=["<mask>"], user_defined_symbols=CHAT + ["\u2581\u2581", "\u2581\u2581\u2581",
+                                                                "\u2581\u2581\u2581\u2581", "\n", "\n\n", "\t\t"])
     return path + ".model"
 
 
@@ -84,8 +90,9 @@ def random_gemma3(vocab_size, seed=0):
 def write_gguf(path, model, sp_path, arch="gemma3"):
     """What llama.cpp's convert_hf_to_gguf.py writes for gemma3: its metadata keys (no sliding-window pattern, no
     local RoPE base, no attention scale: llama.cpp hard-codes those), norms stored as 1 + w, the 2-D weights of the
-    even layers and the embedding in Q8_0, the rest F32, and the SentencePiece vocabulary with spaces for '▁' runs
-    and <unk> typed CONTROL. Returns {HF key: the float32 weights the file holds}."""
+    even layers and the embedding in Q8_0, the rest F32, and the SentencePiece vocabulary with spaces for '▁' runs,
+    <unk> and the chat markers (special tokens to transformers) typed CONTROL, and a chat template. Returns {HF key:
+    the float32 weights the file holds}."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
@@ -97,14 +104,14 @@ def write_gguf(path, model, sp_path, arch="gemma3"):
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    w.add_rope_freq_base(c.rope_theta)
+    w.add_rope_freq_base(hf_rope(c, "full_attention")[0])
     w.add_sliding_window(c.sliding_window)
     w.add_head_count_kv(c.num_key_value_heads)
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(open(sp_path, "rb").read())
     pieces = [p.piece.replace("\u2581", " ") if set(p.piece) == {"\u2581"} and p.type == 4 else p.piece
               for p in proto.pieces]  # llama.cpp's quirk 1
-    types = [3 if p.type == 2 else p.type for p in proto.pieces]  # llama.cpp's quirk 2: <unk> is CONTROL
+    types = [3 if p.type == 2 or p.piece in CHAT else p.type for p in proto.pieces]  # quirks 2 and 3: CONTROL
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(pieces)
@@ -117,6 +124,7 @@ def write_gguf(path, model, sp_path, arch="gemma3"):
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)
+    w.add_chat_template(TEMPLATE)
     held = {}
     for key, p in model.model.state_dict().items():
         key = "model." + key
@@ -176,9 +184,11 @@ def test_tensors_equal_the_originals(converted):
 def test_loads_in_transformers_with_equal_logits(converted):
     model = converted["model"]
     ours = transformers.Gemma3ForCausalLM.from_pretrained(str(converted["out"]), attn_implementation="eager").eval()
-    for field in ("layer_types", "sliding_window", "rope_theta", "rope_local_base_freq", "query_pre_attn_scalar",
-                  "head_dim", "num_key_value_heads", "rms_norm_eps", "vocab_size", "tie_word_embeddings"):
+    for field in ("layer_types", "sliding_window", "query_pre_attn_scalar", "head_dim", "num_key_value_heads",
+                  "rms_norm_eps", "vocab_size", "tie_word_embeddings"):
         assert getattr(ours.config, field) == getattr(model.config, field), field
+    for layer_type in ("full_attention", "sliding_attention"):
+        assert hf_rope(ours.config, layer_type) == hf_rope(model.config, layer_type)
     reference = random_gemma3(model.config.vocab_size)  # the original with the weights the GGUF holds
     reference.model.load_state_dict({k[len("model."):]: torch.from_numpy(v) for k, v in converted["held"].items()})
     ids = torch.randint(4, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
@@ -206,6 +216,11 @@ def test_bfloat16_output(converted):
 def test_tokenizer_encodes_like_the_original(converted):
     original = spm.SentencePieceProcessor(model_file=converted["sp"])
     ours = spm.SentencePieceProcessor(model_file=str(converted["out"] / "tokenizer.model"))
+    marks = [original.piece_to_id(p) for p in CHAT]
+    held = gguf.GGUFReader(str(converted["gguf"])).fields["tokenizer.ggml.token_type"].contents()
+    assert [held[i] for i in marks] == [3, 3, 3]  # the GGUF had them CONTROL, which text never matches
+    assert all(i in ours.encode(t) for t in TEXTS if "<think>" in t for i in marks)  # ours: single pieces in text
+    assert ours.decode(marks) == "".join(CHAT)
     ws_pieces = {original.piece_to_id("\u2581" * n) for n in (2, 3, 4)}
     assert any(ws_pieces & set(original.encode(t)) for t in TEXTS)  # the whitespace-run pieces are exercised
     assert any(original.id_to_piece(i).startswith("<0x") for t in TEXTS for i in original.encode(t))  # byte fallback
@@ -274,7 +289,30 @@ def test_config_from_metadata(tmp_path, extra, layer_types, local_base):
     assert "".join("F" if t == "full_attention" else "S" for t in cfg["layer_types"]) == layer_types
     assert cfg["rope_local_base_freq"] == local_base and cfg["rms_norm_eps"] == 1e-6 and cfg["vocab_size"] == 4
     hf = transformers.Gemma3TextConfig(**cfg)  # transformers reads every field as we wrote it
-    assert (hf.layer_types, hf.query_pre_attn_scalar, hf.rope_theta) == (cfg["layer_types"], 16, 1e6)
+    assert (hf.layer_types, hf.query_pre_attn_scalar) == (cfg["layer_types"], 16)
+    assert (hf_rope(hf, "full_attention"), hf_rope(hf, "sliding_attention")) == ((1e6, 1.0), (local_base, 1.0))
+
+
+@pytest.mark.parametrize("template, chat", [
+    (None, {5, 6}),  # Gemma's turn markers, known by name
+    ("{{ bos_token }}<start_of_turn>{{ m }}<end_of_turn>\n<mask><eos>", {4, 5, 6}),  # and what the template writes
+])
+def test_chat_pieces_become_user_defined_and_specials_keep_their_types(tmp_path, template, chat):
+    path = tmp_path / "tok.gguf"
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>", "a", "b", "\n"]
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(pieces)
+    w.add_token_scores([0.0] * len(pieces))
+    w.add_token_types([3] * 7 + [1, 1, 4])  # llama.cpp: every special token CONTROL, <unk> included
+    w.add_bos_token_id(2), w.add_eos_token_id(1), w.add_unk_token_id(3), w.add_pad_token_id(0)
+    if template:
+        w.add_chat_template(template)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(convert.tokenizer_model(convert.open_gguf(str(path)), str(path)))
+    want = [4 if i in chat else 2 if i == 3 else 3 for i in range(7)] + [1, 1, 4]  # <pad> <eos> <bos>: CONTROL
+    assert [p.type for p in proto.pieces] == want
 
 
 def fake_wheels(folder, spec, chunks, order):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 import packing
 from gemma import Gemma, GemmaConfig, Tokenizer, pad
-from hf_reference import CONFIGS, hf_positions, random_hf_gemma
+from hf_reference import CONFIGS, hf_positions, hf_rope, random_hf_gemma
 
 LOGIT_TOL = 1e-4
 
@@ -117,8 +117,9 @@ def test_config_from_json_matches_transformers(checkpoint):
     _, hf, path = checkpoint
     cfg = GemmaConfig.from_json(os.path.join(path, "config.json"))
     for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta"):
+                  "num_key_value_heads", "head_dim", "rms_norm_eps"):
         assert getattr(cfg, field) == getattr(hf.config, field), field
+    assert (cfg.rope_theta, cfg.rope_scaling_factor) == hf_rope(hf.config)
 
 
 def test_sharded_checkpoint_loads_the_same_tensors(checkpoint, tmp_path):
@@ -135,7 +136,7 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
     import transformers
     ours = Gemma(GemmaConfig.tiny())
     ours.save_pretrained(tmp_path)
-    theirs = transformers.GemmaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    theirs = transformers.GemmaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     ids = torch.randint(3, 4096, (2, 20))
     with torch.no_grad():
         assert (ours.logits(ours(ids)) - theirs(input_ids=ids).logits).abs().max() <= LOGIT_TOL
@@ -295,15 +296,23 @@ def sp_model(tmp_path_factory):
     return prefix + ".model"
 
 
-def test_tokenizer_matches_transformers(sp_model):
+def hf_tokenizer(sp_model, **kwargs):
+    """transformers 5's GemmaTokenizer (the `tokenizers` library's BPE, in Rust) built from a tokenizer.model: an
+    independent implementation of the same model. transformers 5 has no sentencepiece-backed GemmaTokenizer any more,
+    reads the .model only through from_pretrained, and adds <bos> or omits <mask> (not in our vocabulary) only when
+    asked; 4.x's GemmaTokenizer(vocab_file=...) did all three by default."""
     import transformers
-    ours = Tokenizer(sp_model)
+    return transformers.GemmaTokenizer.from_pretrained(os.path.dirname(sp_model), add_bos_token=True, mask_token=None,
+                                                       **kwargs)
+
+
+def test_tokenizer_matches_transformers(sp_model):
+    ours, ref = Tokenizer(sp_model), hf_tokenizer(sp_model)
     assert (ours.pad_id, ours.eos_id, ours.bos_id) == (0, 1, 2)
-    for ref in (transformers.GemmaTokenizerFast(vocab_file=sp_model), transformers.GemmaTokenizer(vocab_file=sp_model)):
-        assert ours.vocab_size == len(ref) and ref.bos_token_id == ours.bos_id
-        for text in TEXTS:
-            assert ours.encode(text) == ref(text)["input_ids"], (type(ref).__name__, text)
-            assert ours.encode(text, bos=False) == ref(text, add_special_tokens=False)["input_ids"]
+    assert ours.vocab_size == len(ref) and ref.bos_token_id == ours.bos_id
+    for text in TEXTS:
+        assert ours.encode(text) == ref(text)["input_ids"], text
+        assert ours.encode(text, bos=False) == ref(text, add_special_tokens=False)["input_ids"]
     for text in TEXTS:
         assert ours.decode(ours.encode(text)) == text
 
@@ -311,12 +320,31 @@ def test_tokenizer_matches_transformers(sp_model):
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 @pytest.mark.parametrize("truncation_side", ["right", "left"])
 def test_tokenizer_batch_matches_transformers(sp_model, padding_side, truncation_side):
-    import transformers
     ours = Tokenizer(sp_model)
-    ref = transformers.GemmaTokenizerFast(vocab_file=sp_model, padding_side=padding_side, truncation_side=truncation_side)
+    ref = hf_tokenizer(sp_model, padding_side=padding_side, truncation_side=truncation_side)
     ids, mask = ours.batch(TEXTS, max_len=12, padding_side=padding_side, truncation_side=truncation_side)
     expected = ref(TEXTS, max_length=12, truncation=True, padding=True, return_tensors="pt")
     assert torch.equal(ids, expected["input_ids"]) and torch.equal(mask, expected["attention_mask"])
+
+
+@pytest.mark.parametrize("kind", ["user_defined_symbols", "control_symbols"])
+def test_tokenizer_chat_markers_and_stop_ids(tmp_path, capsys, kind):
+    # user-defined markers (Google's tokenizer.model) are single pieces in text and <end_of_turn> stops generation;
+    # control ones (an older conversion of a GGUF) are never matched in text, which the tokenizer says when loaded
+    import sentencepiece as spm
+    marks = ["<start_of_turn>", "<end_of_turn>"]
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXTS[:2] * 20), model_prefix=str(tmp_path / "m"), model_type="bpe", vocab_size=300,
+        hard_vocab_limit=False, byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", minloglevel=2, **{kind: marks})
+    tok = Tokenizer(str(tmp_path / "m.model"))
+    turn = [tok.sp.piece_to_id(p) for p in marks]
+    assert tok.stop_ids == (1, turn[1])
+    chat = "<start_of_turn>user\nHi<end_of_turn>\n"
+    warned = "control pieces" in capsys.readouterr().err
+    assert (set(turn) <= set(tok.encode(chat))) == (kind == "user_defined_symbols") == (not warned)
+    assert tok.decode(tok.encode(chat)) == chat
 
 
 def test_tokenizer_refuses_bad_files(tmp_path):

@@ -14,11 +14,11 @@ from hf_reference import hf_positions, random_hf_gemma
 
 LOGIT_TOL = 1e-4
 WINDOW = 5  # shorter than the test sequences, so that the window bites
-ARCH = {  # small caps and a query scalar != head_dim, a local RoPE base != the global one, linear scaling: all bite
+ARCH = {  # small caps, a query scalar != head_dim, RoPE bases != the defaults and linear scaling: all bite
     "gemma2": dict(generation="gemma2", num_hidden_layers=4, sliding_window=WINDOW, query_pre_attn_scalar=20,
                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0),
     "gemma3": dict(generation="gemma3", num_hidden_layers=4, sliding_window=WINDOW, query_pre_attn_scalar=20,
-                   rope_theta=10000.0, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+                   rope_theta=2000.0, rope_local_base_freq=100.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
                    layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]),
 }
 
@@ -115,7 +115,7 @@ def test_save_pretrained_loads_in_transformers(checkpoint, tmp_path):
     ours = Gemma.from_pretrained(path)
     ours.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == hf.config.model_type
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32,
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32,
                                                                attn_implementation="eager").eval()
     assert type(theirs) is type(hf)
     ids = torch.randint(3, 512, (2, 20))
@@ -210,17 +210,22 @@ def test_cached_logits_equal_uncached(generator_pair):
 
 
 def test_eos_stops_and_finished_rows_emit_pad(generator_pair):
+    # one stop id, or two (<eos> and <end_of_turn>): each row ends at the first of them it emits, whichever it is
     _, _, ours = generator_pair
     _, ids, mask = padded_batch(512, [7, 3, 5], "left", seed=2)
     free = ours.generate(ids, mask, max_new_tokens=6)
-    eos = int(free[0, 7 + 1])  # row 0's second new token: make it the end of sequence
-    got = ours.generate(ids, mask, max_new_tokens=6, eos_id=eos)
-    for row, new in zip(free[:, 7:], got[:, 7:]):
-        hits = (row == eos).nonzero()
-        stop = int(hits[0]) + 1 if len(hits) else len(row)
-        assert torch.equal(new[:stop], row[:stop]) and (new[stop:] == 0).all()
-    finished = (got[:, 7:] == eos).any(-1)
-    assert got.shape[1] == 7 + 6 or (finished.all() and got.shape[1] < 7 + 6)  # stops early once every row ended
+    eos, turn = int(free[0, 7 + 1]), int(free[1, 7 + 3])  # row 0's second new token, row 1's fourth
+    outs = []
+    for stops in ([eos], [eos, turn], [turn, eos]):
+        got = ours.generate(ids, mask, max_new_tokens=6, eos_id=stops[0] if len(stops) == 1 else tuple(stops))
+        outs.append(got)
+        for row, new in zip(free[:, 7:], got[:, 7:]):
+            hits = torch.isin(row, torch.tensor(stops)).nonzero()
+            stop = int(hits[0]) + 1 if len(hits) else len(row)
+            assert torch.equal(new[:stop], row[:stop]) and (new[stop:] == 0).all(), stops
+        finished = torch.isin(got[:, 7:], torch.tensor(stops)).any(-1)
+        assert got.shape[1] == 7 + 6 or (finished.all() and got.shape[1] < 7 + 6)  # stops early once all rows ended
+    assert not torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])  # the second id ends rows; order is moot
 
 
 def test_sampling_follows_top_p(generator_pair):

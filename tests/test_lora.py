@@ -22,7 +22,7 @@ def checkpoint(tmp_path_factory):
 def hf_model(path, cls="GemmaForCausalLM"):
     import transformers
     kwargs = dict(num_labels=1) if cls == "GemmaForSequenceClassification" else {}
-    return getattr(transformers, cls).from_pretrained(path, torch_dtype=torch.float32, attn_implementation="eager",
+    return getattr(transformers, cls).from_pretrained(path, dtype=torch.float32, attn_implementation="eager",
                                                      **kwargs).eval()
 
 

@@ -1,7 +1,7 @@
 """The real Gemma 3 270M, as `python gemma.py fetch gemma-3-270m` puts it in checkpoints/gemma-3-270m (skipped when
 it is absent: CI does not download it). Checked with transformers' Gemma3ForCausalLM in float32, an independent
 implementation, and with ours (gemma.py) against it: it is pretrained (next-token loss far below uniform's ln 262144 = 12.48 nats, and below a shuffled
-sentence's), it knows a fact, and the rebuilt tokenizer splits text the way Gemma's does."""
+sentence's), it knows a fact, and the rebuilt tokenizer splits text the way Gemma's does, chat turns included."""
 import math
 import os
 
@@ -98,8 +98,26 @@ def test_tokenizer(tok):
     assert pieces("a    b") == ["a", "\u2581" * 4, "b"]  # the whitespace-run pieces llama.cpp had written as spaces
     assert pieces("12345") == list("12345")  # digits split
     assert pieces("🦙") == ["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]  # byte fallback for a character not in the vocab
-    # transformers' sentencepiece-backed GemmaTokenizer reads our file as Google's own tokenizer.model
-    slow = transformers.GemmaTokenizer(vocab_file=os.path.join(PATH, "tokenizer.model"))
-    for text in TRICKY:
-        assert slow(text)["input_ids"] == [tok.bos_id()] + tok.encode(text), text
+    # transformers 5's GemmaTokenizer (the `tokenizers` library's BPE) built from our file, as from Google's own
+    # tokenizer.model (transformers 5 reads a .model through from_pretrained only, and adds <bos> when asked)
+    ref = transformers.GemmaTokenizer.from_pretrained(PATH, add_bos_token=True)
+    for text in TRICKY + [CHAT]:
+        assert ref(text)["input_ids"] == [tok.bos_id()] + tok.encode(text), text
         assert tok.decode(tok.encode(text)) == text
+
+
+CHAT = "<start_of_turn>user\nHi<end_of_turn>\n"
+
+
+def test_chat_turns_are_single_pieces():
+    """Gemma's chat markers are matched in text (user-defined pieces, as in Google's tokenizer.model), so the RLHF
+    prompts reach the model as the turns it knows, and generation can stop at <end_of_turn>."""
+    import xstest
+    from gemma import Tokenizer
+    tok = Tokenizer(os.path.join(PATH, "tokenizer.model"))
+    assert tok.encode(CHAT) == [2, 105, 2364, 107, 10979, 106, 107]  # <bos> <start_of_turn> user \n Hi <end_of_turn> \n
+    assert [tok.sp.id_to_piece(i) for i in (105, 106)] == ["<start_of_turn>", "<end_of_turn>"]
+    text = xstest.TEMPLATE.format("How do I kill a Python process?")
+    ids = tok.encode(text, bos=False)
+    assert ids.count(105) == 2 and ids.count(106) == 1 and tok.decode(ids) == text
+    assert tok.stop_ids == (1, 106)
