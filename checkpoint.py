@@ -32,9 +32,14 @@ def check_file(path, expected):
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{path} does not exist (expected {expected})")
     if not _regular_file(path):
-        what = "a folder" if os.path.isdir(path) else "a broken link" if not os.path.exists(path) else \
-            "not a regular file (a FIFO, device or socket)"
-        raise ValueError(f"{path} is {what}; expected {expected} in a regular file")
+        try:
+            mode = os.stat(path).st_mode
+            what = next((name for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                                                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                                                  (stat.S_ISSOCK, "a socket")) if test(mode)), "a special file")
+        except OSError:
+            what = "a link to nothing"
+        raise ValueError(f"{path} is {what}, not a regular file; expected {expected}")
 
 
 # -----------------------------------------------------------------------------
@@ -332,8 +337,7 @@ class Tokenizer:
 
     def __init__(self, path):
         import sentencepiece as spm  # imported here so that the model code runs without it
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} does not exist: expected a SentencePiece tokenizer.model")
+        check_file(path, "a SentencePiece tokenizer.model")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as e:  # sentencepiece raises OSError or RuntimeError, depending on the version

@@ -91,8 +91,8 @@ _REQUIRED = object()
 
 def open_gguf(path):
     import gguf  # optional dependency: only conversion needs it
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: expected a GGUF file")
+    from checkpoint import check_file
+    check_file(path, "a GGUF file")  # missing, or a folder, FIFO or device: said as such
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")

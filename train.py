@@ -392,7 +392,8 @@ def _run(cfg, task, resume, stop):
     gp_rng = torch.Generator(device).manual_seed(cfg["seed"])  # the penalty's draws: the same in every process
     step, best, best_weights = 0, None, None
     if resume:
-        step, best, best_weights = runfolder.load_state(state_path, core, opt, critic_opt, gp_rng)
+        step, best, best_weights = runfolder.load_state(state_path, core, opt, critic_opt, gp_rng, total,
+                                                        cfg["critic_iters"] * A)
         print(f"resuming {out} at step {step} of {total}")
     if cfg.get("lr_override"):  # deliberate: the advice after a divergence; logged in config.json
         was = opt.param_groups[0]["lr"]
@@ -406,6 +407,9 @@ def _run(cfg, task, resume, stop):
             runfolder.write_json(os.path.join(out, "config.json"), saved)
     log = runfolder.open_log(log_path, step if resume else None) if rank == 0 else None
     main = "pearson" if task["metric"] == "correlation" else "acc"
+    if best is not None and main not in best["val"]:
+        raise ValueError(f"{state_path}: its best validation record has no '{main}', the metric of task "
+                         f"'{cfg['task']}' (was the state edited?)")
     saved_step = step
 
     def write(record):
