@@ -34,14 +34,19 @@ def _tensor(x):
     return isinstance(x, torch.Tensor)
 
 
+def complaint(path):
+    """bad(entry, what): raises the one sentence that names a bad entry of the state in path."""
+    def bad(entry, what):
+        raise ValueError(f"{path}: its entry '{entry}' {what}; nothing of the state was loaded (resume needs the file "
+                         "its own run wrote, unedited)")
+    return bad
+
+
 def check_state(state, path, own, params, gp_rng, opts, total=None):
     """state: read_state's dict. own: the model's trainable tensors {name: tensor}. params: {id(parameter): name}.
     opts: {"opt": (optimizer, most updates per training step), "critic_opt": (...)}. total: the run's steps.
     Raises ValueError naming the first bad entry; returns nothing."""
-    def bad(entry, what):
-        raise ValueError(f"{path}: its entry '{entry}' {what}; nothing of the state was loaded (resume needs the file "
-                         "its own run wrote, unedited)")
-
+    bad = complaint(path)
     step = state["step"]
     if step < 0 or (total is not None and step > total):
         bad("step", f"is {step}, outside [0, {total if total is not None else 'the total'}], the steps of this run "
@@ -71,12 +76,13 @@ def check_state(state, path, own, params, gp_rng, opts, total=None):
                                  and all(_finite_number(v) for v in best["val"].values())):
         bad("best", f"is {str(best)[:120]}, not the step (in [0, {step}]) and finite metrics of the best validation")
     for name, (opt, per_step) in opts.items():
-        _check_optimizer(state.get(name), opt, name, state["model"], params, per_step * step, bad)
+        check_optimizer(state.get(name), opt, name, state["model"], params, per_step * step, bad)
     _check_generators(state, gp_rng, bad)
 
 
-def _check_optimizer(saved, opt, name, weights, params, most, bad):
-    """saved: the state_dict of AdamW `opt` from the file; most: the updates it can have made."""
+def check_optimizer(saved, opt, name, weights, params, most, bad):
+    """saved: the state_dict of AdamW `opt` from the file; weights: the saved weights {name: tensor}; params:
+    {id(parameter): name}; most: the updates it can have made; bad: complaint(path)."""
     own = opt.state_dict()
     if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
         bad(name, "is not an optimiser's state (its 'state' and 'param_groups')")

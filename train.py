@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cli
 import data
 import dial
 import formats
@@ -159,6 +160,20 @@ def check(cfg):
     runfolder.check_device(cfg["device"])
 
 
+def check_sizes(cfg, task):
+    """The batch sizes against the data, before anything is allocated: a step holds no row twice (a batch of a
+    million on 40 rows would pack a million sequences at every step)."""
+    n, method = world()[1], cfg["method"]
+    tgt = len(data.labelled_target(task, cfg["data_seed"])) if method in dial.ORACLES else len(task["target"])
+    uses_src = method in dial.METHODS and method != "tgt-pref"  # (the prompted baselines have no batches)
+    for key, role, rows, used in (("batch_src", "source", len(task["source"]), uses_src),
+                                  ("batch_tgt", "target", tgt, method in dial.TARGET_METHODS)):
+        if used and cfg[key] * n > rows:
+            each = f" x {n} processes" if n > 1 else ""
+            raise ValueError(f"--{key.replace('_', '-')} {cfg[key]}{each} is more than the task's {rows} {role} rows, "
+                             "so a step would hold a row twice; lower it")
+
+
 def _number(text):
     try:
         float(text)
@@ -188,8 +203,12 @@ def resolve(args):
             cfg[key] = os.path.abspath(cfg[key])
     cfg["files"] = task["files"]
     cfg["data"] = {role: runfolder.fingerprint_rows(task[role]) for role in ("source", "target", "val", "test")}
+    cfg["dropped"] = task["dropped"]  # rows that hold no preference, test rows validation scores: counted
+    if data.dropped_note(task):
+        print(data.dropped_note(task))
     del cfg["given"]
     check(cfg)
+    check_sizes(cfg, task)
     return cfg, task
 
 
@@ -240,6 +259,7 @@ def resumed(args):
         if runfolder.fingerprint_rows(task[role]) != fp:
             raise ValueError(f"the {role} data of the run changed since it started ({task['files'][role]}): resuming "
                              "would train on other data than it began with; restore the file, or start a new run")
+    check_sizes(cfg, task)
     return cfg, task
 
 
@@ -332,6 +352,7 @@ def run(cfg, task, resume=False, stop=None):
     """Trains, evaluates and writes the run folder (process 0 alone writes, holding the folder's lock); returns the
     summary. stop: a runfolder.Stop already listening for signals (main's, from before the data is read), or None."""
     owner = runfolder.owned(cfg["out"]) if world()[0] == 0 else contextlib.nullcontext()
+    cli.RUN = cfg["out"]  # an unexpected error's traceback goes to RUN/error.log (cli.py)
     with owner, (contextlib.nullcontext(stop) if stop else runfolder.Stop()) as stop:
         try:
             return _run(cfg, task, resume, stop)
@@ -406,6 +427,8 @@ def _run(cfg, task, resume, stop):
                 {"step": step, "lr": cfg["lr_override"], "was": was}]
             runfolder.write_json(os.path.join(out, "config.json"), saved)
     log = runfolder.open_log(log_path, step if resume else None) if rank == 0 else None
+    if log and not resume and task["dropped"]:  # the log says which rows the run never saw (so does config.json)
+        log.write(json.dumps({"step": 0, "split": "data", "dropped": task["dropped"]}) + "\n"), log.flush()
     main = "pearson" if task["metric"] == "correlation" else "acc"
     if best is not None and main not in best["val"]:
         raise ValueError(f"{state_path}: its best validation record has no '{main}', the metric of task "
@@ -503,6 +526,7 @@ def _run(cfg, task, resume, stop):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.RUN = args.out if args.out and os.path.isdir(args.out) else None  # where a crash's traceback goes (error.log)
     with command(args.device) as args.device:  # under torchrun: one process per device; else nothing changes
         if args.task is None and not args.resume:
             if args.given - {"device"}:  # the demo's settings are fixed: a flag would be silently ignored
