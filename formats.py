@@ -143,7 +143,7 @@ def _shape(row, where):
         return "mcq"
     if "text" in row:
         return "text"
-    fields = ", ".join(sorted(row)) or "none"
+    fields = ", ".join(show(k, 30) for k in sorted(row)[:12]) or "none"  # quoted: a name may hold a newline
     raise ValueError(f"{where}: cannot tell which kind of row this is (its fields: {fields}); expected the fields "
                      f"of a pairs row ({', '.join(FIELDS['pairs'])}), a multiple-choice row "
                      f"({', '.join(FIELDS['mcq'])}) or a text row (text)")
@@ -176,6 +176,11 @@ def _check(row, kind, where):
                              f"{show(row[field])}")
         if field != "prompt" and not row[field].strip():
             raise ValueError(f"{where}: field '{field}' is empty; it is a text the reward model scores")
+    read_as = "pairs" if "response_chosen" in row else "mcq" if "correct" in row else "text"  # as row_sequences does
+    if read_as != (kind if kind in ("pairs", "mcq") else "text"):
+        field = "response_chosen" if read_as == "pairs" else "correct"
+        raise ValueError(f"{where} is a {KIND_NAMES[kind]} row with the field '{field}' of a {KIND_NAMES[read_as]} "
+                         "row, which would decide what is scored; a row holds the fields of one kind")
     if "prompt" not in FIELDS[kind] and not isinstance(row.get("prompt", ""), str):  # optional on scores and text rows
         raise ValueError(f"{where}: field 'prompt' should be a string, found {_json_type(row['prompt'])} "
                          f"{show(row['prompt'])}")
