@@ -320,6 +320,11 @@ def curves(run_dirs, png):
             raise FileNotFoundError(f"{path} does not exist: {run} is not a train.py run folder")
         with open(path, encoding="utf-8") as f:
             logs = [loads(line, f"{path}, line {n}") for n, line in enumerate(f, 1) if line.strip()]
+        odd = next((n for n, r in enumerate(logs, 1) if not isinstance(r, dict)), None)
+        if odd or not all(isinstance(cfg.get(k, 1), int) and cfg.get(k, 1) >= 1 for k in ("batch_src", "processes")):
+            raise ValueError(f"{run} is not a train.py run folder as train.py writes it (record {odd} of its "
+                             "metrics.jsonl is not an object)" if odd else f"{run}/config.json: 'batch_src' and "
+                             "'processes' should be positive integers")
         runs.append((run, cfg, logs))
     differ = [k for k in LABEL_KEYS if len({json.dumps(c.get(k)) for _, c, _ in runs}) > 1] or ["method"]
     fig, axes = plt.subplots(2, 4, figsize=(17, 7))

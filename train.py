@@ -174,6 +174,10 @@ def check_sizes(cfg, task):
                              "so a step would hold a row twice; lower it")
 
 
+def _positive(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and FINITE(v) and v > 0
+
+
 def _number(text):
     try:
         float(text)
@@ -208,7 +212,6 @@ def resolve(args):
         print(data.dropped_note(task))
     del cfg["given"]
     check(cfg)
-    check_sizes(cfg, task)
     return cfg, task
 
 
@@ -247,6 +250,12 @@ def resumed(args):
             new, old = (json.dumps(v) if isinstance(v, str) and not v.strip() else v for v in (new, old))  # '', \n\n
             raise ValueError(f"--{key.replace('_', '-')} {new} differs from the run's {old} ({path}): a resumed run "
                              "keeps its own settings, so leave the flag out, or start a new run with another --out")
+    for key, ok, what in (("critic_scale_value", lambda v: _positive(v), "a positive finite number"),
+                          ("processes", lambda v: isinstance(v, int) and v >= 1, "a number of processes"),
+                          ("data", lambda v: isinstance(v, dict) and all(k in data.ROLES and isinstance(f, str)
+                                                                         for k, f in v.items()), "data fingerprints")):
+        if key in saved and not ok(saved[key]):  # what the run itself measured or wrote, read back: checked too
+            raise ValueError(f"{path}: field '{key}' is {str(saved[key])[:60]}, not {what} as train.py writes there")
     if saved.get("processes", 1) != world()[1]:
         raise ValueError(f"{path}: the run used {saved.get('processes')} process(es), this is {world()[1]}; resume it "
                          "with as many (the batch of each process, hence the data order, depends on it)")
@@ -259,7 +268,6 @@ def resumed(args):
         if runfolder.fingerprint_rows(task[role]) != fp:
             raise ValueError(f"the {role} data of the run changed since it started ({task['files'][role]}): resuming "
                              "would train on other data than it began with; restore the file, or start a new run")
-    check_sizes(cfg, task)
     return cfg, task
 
 
@@ -363,6 +371,7 @@ def run(cfg, task, resume=False, stop=None):
 def _run(cfg, task, resume, stop):
     rank, n_proc, _ = world()
     out, device, method = cfg["out"], cfg["device"], cfg["method"]
+    check_sizes(cfg, task)  # before anything is written or allocated
     state_path, log_path = os.path.join(out, runfolder.STATE), os.path.join(out, "metrics.jsonl")
     if rank == 0 and resume:  # (process 0 holds the folder's lock: nobody else writes in it)
         if not os.path.isfile(state_path):
