@@ -4,6 +4,7 @@ same random checkpoint and the same batches, each measured in its own process (s
 
     python bench.py --preset small --device cpu          # vocab 8000, hidden 512, 6 layers, float32, max length 512
     python bench.py --preset gemma-2b --device cuda      # the real shapes, random weights, bf16, max length 1024
+    python bench.py --preset gemma3-270m --device cpu    # the real-model runs: Gemma 3 270M, sentiment lengths, max 96
     python bench.py ... --profile     # also: where one step's time goes (wall vs GPU kernel time, top operators)
     python bench.py ... --compile     # ours with each decoder layer torch.compile'd (off by default: see README)
 
@@ -40,26 +41,31 @@ import time
 
 import torch
 
+SHP, SENTIMENT = (150, 80), (9, 30)  # median prompt and response tokens: SHP posts; the sentiment tasks' snippets
 PRESETS = {
     "small": dict(config=dict(vocab_size=8000, hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
-                              num_attention_heads=8, num_key_value_heads=1, head_dim=64), max_len=512, dtype="float32"),
-    "gemma-2b": dict(config={}, max_len=1024, dtype="bfloat16"),
+                              num_attention_heads=8, num_key_value_heads=1, head_dim=64), max_len=512, dtype="float32",
+                  lengths=SHP),
+    "gemma-2b": dict(config="gemma_2b", max_len=1024, dtype="bfloat16", lengths=SHP),
+    "gemma3-270m": dict(config="gemma3_270m", max_len=96, dtype="float32", lengths=SENTIMENT),  # the real-model runs
     "tiny": dict(config=dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=1, head_dim=16), max_len=64, dtype="float32"),
+                             num_attention_heads=4, num_key_value_heads=1, head_dim=16), max_len=64, dtype="float32",
+                  lengths=SHP),
 }  # tiny: only to check that the benchmark runs (tests/test_bench.py)
 LORA = dict(r=64, alpha=64, targets=("q_proj", "v_proj"))  # the paper's rank and alpha, PEFT's default targets
 
 
-def make_batches(n_steps, vocab_size, max_len, seed):
-    """n_steps batches of 4 source + 4 target examples (prompt ids, [chosen ids, rejected ids])."""
+def make_batches(n_steps, vocab_size, max_len, seed, lengths=SHP):
+    """n_steps batches of 4 source + 4 target examples (prompt ids, [chosen ids, rejected ids]); lengths: the median
+    prompt and response lengths in tokens."""
     g = torch.Generator().manual_seed(seed)
 
     def lognormal(median):
         return int(math.exp(math.log(median) + 0.8 * torch.randn((), generator=g).item())) + 1
 
     def example():
-        p = min(lognormal(150), max_len - 2)
-        rs = [min(lognormal(80), max_len - p) for _ in range(2)]
+        p = min(lognormal(lengths[0]), max_len - 2)
+        rs = [min(lognormal(lengths[1]), max_len - p) for _ in range(2)]
         ids = lambda n: torch.randint(3, vocab_size, (n,), generator=g).tolist()  # noqa: E731
         return [2] + ids(p - 1), [ids(r) for r in rs]
 
@@ -149,8 +155,8 @@ def reference(path, device, dtype, cfg, compile=False):
     import peft
     import transformers
     import dial
-    model = transformers.GemmaForSequenceClassification.from_pretrained(
-        path, num_labels=1, torch_dtype=dtype, attn_implementation="sdpa").to(device)  # they used flash_attention_2
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(  # Gemma, or Gemma 3's text model
+        path, num_labels=1, dtype=dtype, attn_implementation="sdpa").to(device)  # they used flash_attention_2
     model.config.pad_token_id = 0
     model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_CLS", r=LORA["r"], lora_alpha=LORA["alpha"],
                                                        target_modules=list(LORA["targets"])))
@@ -206,7 +212,8 @@ def measure(impl, path, args):
     if device == "cuda":  # both on their best kernel: flash / memory-efficient, never cuDNN's plan per new shape
         torch.backends.cuda.enable_cudnn_sdp(False)
     step, flops = (ours if impl == "ours" else reference)(path, device, dtype, cfg, args.compile and impl == "ours")
-    batches = make_batches(args.warmup + args.steps, cfg.vocab_size, PRESETS[args.preset]["max_len"], args.seed)
+    preset = PRESETS[args.preset]
+    batches = make_batches(args.warmup + args.steps, cfg.vocab_size, preset["max_len"], args.seed, preset["lengths"])
     rate = dense_rate(device, dtype)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -268,8 +275,9 @@ def main(argv=None):
     from gemma import Gemma, GemmaConfig
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)  # one random checkpoint for both, written in the preset's dtype
+        config = PRESETS[args.preset]["config"]
         with torch.device(args.device):
-            model = Gemma(GemmaConfig(**PRESETS[args.preset]["config"]))
+            model = Gemma(getattr(GemmaConfig, config)() if isinstance(config, str) else GemmaConfig(**config))
         model.to(getattr(torch, PRESETS[args.preset]["dtype"])).save_pretrained(tmp)
         del model
         results = {}

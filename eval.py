@@ -217,14 +217,21 @@ def mean_se(x):
 def table(runs_dir):
     """Markdown table of every test metric of each task (the main one first: Pearson and Spearman for the essays;
     acc, Pearson and Spearman for the rated sentiment tasks), task x method, mean +- standard error over seeds (the
-    paper's layout), the number of seeds in brackets; beside odd-one-out tasks, the paper's Table 8 (Gemma-2b)."""
-    results, metrics = {}, {}  # (task, method) -> [test metrics per seed]; task -> its metrics, main first
-    for _, s in summaries(runs_dir):
-        results.setdefault((s["task"], s["method"]), []).append(s["test"])
+    paper's layout), the number of seeds in brackets; beside odd-one-out tasks, the paper's Table 8 (Gemma-2b).
+    A column is a method, or a variant of one: runs in TASK/VARIANT/seedS whose folder VARIANT is the method's name
+    and a suffix (dial-scaled, src-pref-b4: other settings of the same method) get a column of their own."""
+    results, metrics = {}, {}  # (task, column) -> [test metrics per seed]; task -> its metrics, main first
+    known = dial.METHODS + dial.PROMPTED
+    for path, s in summaries(runs_dir):
+        folder = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        column = folder if folder.startswith(s["method"] + "-") and folder not in known else s["method"]
+        results.setdefault((s["task"], column), []).append(s["test"])
         names = metrics.setdefault(s["task"], [s["metric"]])
         names += [k for k in s["test"] if k not in names and k != "non_finite"]
     tasks = sorted(metrics)
-    methods = [m for m in dial.METHODS + dial.PROMPTED if any((t, m) in results for t in tasks)]
+    columns = {c for _, c in results}
+    methods = [c for m in known for c in [m] + sorted(c for c in columns if c.startswith(m + "-") and c not in known)
+               if c in columns]
     cats = {t: (data.TASKS.get(t, {}).get("source_category"), data.TASKS.get(t, {}).get("target_category"))
             for t in tasks}  # the registry's odd-one-out categories; (None, None) for every other task
     paper = {t: TABLE8[c] for t, c in cats.items() if c in TABLE8}  # only where the table has such a task

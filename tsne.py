@@ -107,8 +107,12 @@ def fit(emb, seed=0):
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
 
 
-STYLE = {(0, True): ("source chosen", "o", "#1b7837"), (0, False): ("source rejected", "o", "#b2182b"),
-         (1, True): ("target chosen", "^", "#7fbf7b"), (1, False): ("target rejected", "^", "#f4a582")}
+# (domain, chosen) -> label, marker, colour: a marker per domain and side, so that the four groups stay apart in grey
+STYLE = {(0, True): ("s+ source chosen", "o", "#1b7837"), (0, False): ("s- source rejected", "s", "#b2182b"),
+         (1, True): ("t+ target chosen", "^", "#2166ac"), (1, False): ("t- target rejected", "v", "#e08214")}
+CAPTION = ("What to look for: whether the target (triangles) lies apart from the source (circle, square) or among it, "
+           "and whether chosen (+) and rejected (-) separate within each domain. An aligned reward model puts t+ near s+ "
+           "and t- near s-; t-SNE keeps neighbourhoods, not distances: compare within a panel, not across panels.")
 
 
 def plot(run_dirs, out=None, seed=0):
@@ -139,12 +143,13 @@ def plot(run_dirs, out=None, seed=0):
             xy = fit(emb, seed)
             for (dom, ch), (label, marker, color) in STYLE.items():
                 m = (domain == dom) & (chosen == ch)
-                ax.scatter(xy[m, 0], xy[m, 1], s=6, marker=marker, c=color, label=label, alpha=0.7, linewidths=0)
+                ax.scatter(xy[m, 0], xy[m, 1], s=9, marker=marker, c=color, label=label, alpha=0.6, linewidths=0)
             ax.set_title(f"step {step}" + (f" (epoch {epoch:g})" if step else " (start)"), fontsize=9)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
     axes[0, 0].legend(fontsize=7, markerscale=2, loc="best")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.text(0.01, 0.01, CAPTION, fontsize=8, wrap=True, va="bottom")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -190,6 +190,16 @@ def test_eval_reevaluates_and_tabulates(tmp_path, capsys):
         "| oddoneout-vegetables-snacks | rank | ")  # every metric of the task, the main one first
     assert table[2].count("(2)") == 2 and table[2].endswith("| 0.247 +- 0.092 (3) | 0.471 +- 0.040 (3) |")
     assert table[3].count("(2)") == 2 and table[3].endswith("|  |  |")  # the paper's numbers are accuracies
+    for folder in ("dial-scaled", "src-pref-b4", "sweep-a"):  # variants of a method get their own column
+        (tmp_path / "runs/t" / folder / "seed0").mkdir(parents=True)
+        source = "src-pref" if folder.startswith("src-pref") else "dial"
+        (tmp_path / "runs/t" / folder / "seed0/summary.json").write_text(
+            (tmp_path / f"runs/t/{source}/seed0/summary.json").read_text())
+    evaluation.main(["--table", str(tmp_path / "runs")])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| task | metric | src-pref | src-pref-b4 | dial | dial-scaled | paper")
+    # seeds per column; sweep-a, not named after its method, counts as a run of dial
+    assert [c[-3:] for c in table[2].split(" | ")[2:6]] == ["(2)", "(1)", "(3)", "(1)"]
     with pytest.raises(SystemExit, match="no summary.json below"):
         evaluation.main(["--table", str(tmp_path / "nothing")])
 
