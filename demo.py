@@ -38,6 +38,7 @@ def pretrain(work, steps=400, seed=0, batch=32, stop=None):
         tmp = os.path.join(work, f"tokenizer.tmp-{os.getpid()}.model")
         train_tokenizer(texts[:5000] + [oddoneout.OOO_PROMPT], tmp, 1000)
         os.replace(tmp, tok_path)
+        runfolder.remove(tmp[:-len(".model")] + ".vocab")  # SentencePiece's readable copy: not needed
     tok = Tokenizer(tok_path)
     torch.manual_seed(seed)
     cfg = GemmaConfig.tiny()

@@ -415,6 +415,7 @@ def resolve(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.RUN = None  # until the run folder is known
     with command(args.device, "rlhf") as args.device:
         if args.plot:
             print(f"wrote {plot(args.plot, args.plot_out)}")
