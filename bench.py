@@ -312,4 +312,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import cli
+    with cli.last_resort("bench"):  # one sentence for bad input, one line naming the traceback's file for a bug
+        main()

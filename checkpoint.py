@@ -27,16 +27,65 @@ def _regular_file(path):
         return False
 
 
+def check_file(path, expected):
+    """One sentence unless path is a regular file: missing, or a folder, FIFO or device (a FIFO blocks a reader,
+    /dev/zero never ends), each said as it is rather than as "does not exist"."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path} does not exist (expected {expected})")
+    if not _regular_file(path):
+        try:
+            mode = os.stat(path).st_mode
+            what = next((name for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                                                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                                                  (stat.S_ISSOCK, "a socket")) if test(mode)), "a special file")
+        except OSError:
+            what = "a link to nothing"
+        raise ValueError(f"{path} is {what}, not a regular file; expected {expected}")
+
+
+# -----------------------------------------------------------------------------
+# JSON with a depth limit: Python's parser recurses, so deeply nested JSON would raise RecursionError (here, or in
+# any later recursive walk of what was read); no file this project reads nests anywhere near MAX_DEPTH
+
+MAX_DEPTH = 64
+
+
+def nested_deeper(obj, limit=MAX_DEPTH):
+    """True if obj (parsed JSON) nests more than `limit` arrays or objects deep; iterative, so itself never recurses."""
+    stack = [(obj, 1)] if isinstance(obj, (dict, list)) else []
+    while stack:
+        x, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list)))
+    return False
+
+
+def loads(text, where, expected=None, **kw):
+    """json.loads(text), refusing in one sentence (ValueError naming `where`, and what was expected) what is not JSON
+    or nests more than MAX_DEPTH levels deep."""
+    wanted = f"; expected {expected}" if expected else ""
+    try:
+        obj = json.loads(text, **kw)
+    except RecursionError:
+        obj = None  # (said below, outside the except clause, whose traceback would be chained)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{where} is not valid JSON ({e}){wanted}") from None
+    else:
+        if not nested_deeper(obj):
+            return obj
+    raise ValueError(f"{where} nests JSON arrays or objects more than {MAX_DEPTH} levels deep{wanted}")
+
+
 def shard_files(path):
     """The *.safetensors shards of a checkpoint folder: those the index names, or every one in the folder."""
     index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.exists(index):
-        try:
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-            names = list(dict.fromkeys(weight_map.values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise ValueError(f"{index} is not a valid safetensors index ({type(e).__name__})") from None
+    if os.path.lexists(index):
+        weight_map = read_json(index, "a safetensors index (a JSON object with a 'weight_map')").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index} is not a valid safetensors index (its 'weight_map' should map names to shard "
+                             "file names)")
+        names = list(dict.fromkeys(weight_map.values()))
         for name in names:  # plain file names inside the folder: never a path that leaves it, nor a subfolder
             if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", "..") \
                     or "\\" in name or "\0" in name:
@@ -62,41 +111,79 @@ def _is_int(x):
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+MAX_HEADER = 100_000_000  # bytes: the safetensors library's own limit on a header
+
+
+def _shown(key):
+    """A tensor name as messages show it: one line, at most 80 characters (a name comes from the file)."""
+    return key if key.isprintable() and len(key) <= 80 else json.dumps(key)[1:-1][:80] + "..."
+
+
 def read_safetensors_header(path):
-    """Returns ({name: {dtype, shape, data_offsets}}, data start) after checking the file can hold every tensor."""
+    """Returns ({name: {dtype, shape, data_offsets}}, data start) after checking every entry, as the safetensors
+    library does: the tensors tile the data exactly (sorted by offset, each starts where the previous ended, the last
+    ends at the end of the file: no overlap, no hole, nothing after), each name once, metadata strings only."""
     name = os.path.basename(path)
+    check_file(path, "a safetensors file")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         if size < 8 or n > size - 8:
             raise ValueError(f"{path} is not a readable safetensors file (header length {n}, file size {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a readable safetensors file (bad header: {e})") from None
+        if n > MAX_HEADER:
+            raise ValueError(f"{path} is not a readable safetensors file (a header of {n} bytes, more than the "
+                             f"{MAX_HEADER} the format allows)")
+        raw = f.read(n)
+
+    def unique(pairs):  # JSON keeps the last of two equal names silently; a tensor named twice is refused
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise ValueError(f"{path} is not a readable safetensors file (its header names '{_shown(k)}' twice)")
+            seen[k] = v
+        return seen
+    header = loads(raw, f"{path} is not a readable safetensors file: its header", object_pairs_hook=unique) \
+        if raw.lstrip()[:1] == b"{" else None
     if not isinstance(header, dict):
         raise ValueError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ValueError(f"{path} is not a readable safetensors file (its __metadata__ is not an object of strings)")
     data_start, data_size = 8 + n, size - 8 - n
     for key, entry in header.items():
         if not isinstance(entry, dict):
-            raise ValueError(f"'{key}' in {name} has a header entry that is not a JSON object")
+            raise ValueError(f"'{_shown(key)}' in {name} has a header entry that is not a JSON object")
         if not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
-            raise ValueError(f"'{key}' in {name} has dtype {json.dumps(entry.get('dtype'))[:20]}; "
+            raise ValueError(f"'{_shown(key)}' in {name} has dtype {json.dumps(entry.get('dtype'))[:20]}; "
                              f"expected one of {', '.join(DTYPES)}")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
-            raise ValueError(f"'{key}' in {name} has shape {json.dumps(shape)[:40]}; "
+            raise ValueError(f"'{_shown(key)}' in {name} has shape {json.dumps(shape)[:40]}; "
                              "expected a list of non-negative integers")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
-            raise ValueError(f"'{key}' in {name} has data_offsets {json.dumps(offsets)[:40]}; "
+            raise ValueError(f"'{_shown(key)}' in {name} has data_offsets {json.dumps(offsets)[:40]}; "
                              "expected two non-negative integers")
         begin, end = offsets
         if end - begin != math.prod(shape) * DTYPES[entry["dtype"]].itemsize:
-            raise ValueError(f"'{key}' in {name}: data_offsets {begin}..{end} do not match shape {shape}")
+            raise ValueError(f"'{_shown(key)}' in {name}: data_offsets {begin}..{end} do not match shape "
+                             f"{json.dumps(shape)[:40]}")
         if end > data_size:
-            raise ValueError(f"{path} is truncated: '{key}' ends at byte {end} of the data, "
+            raise ValueError(f"{path} is truncated: '{_shown(key)}' ends at byte {end} of the data, "
                              f"but the file holds only {data_size} bytes of data (re-download it)")
+    at = 0  # the tensors in the order of their data: each begins where the one before ended
+    for key, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"]):
+        begin, end = entry["data_offsets"]
+        if begin > at:
+            raise ValueError(f"{path} is not a valid safetensors file: bytes {at}..{begin} of its data belong to no "
+                             f"tensor (a hole before '{_shown(key)}'); the format's tensors tile the data exactly")
+        if begin < at:
+            raise ValueError(f"{path} is not a valid safetensors file: '{_shown(key)}' (bytes {begin}..{end} of the "
+                             f"data) overlaps the tensor before it, which ends at byte {at}; the format's tensors "
+                             "tile the data exactly")
+        at = end
+    if at != data_size:
+        raise ValueError(f"{path} is not a valid safetensors file: its tensors end at byte {at} of the data, but the "
+                         f"file holds {data_size} bytes after the header (the format leaves no bytes unused)")
     return header, data_start
 
 
@@ -217,13 +304,14 @@ TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")  # the same function: 0.5 x (1 + t
 
 def read_json(path, expected="a JSON object"):
     """The JSON object in path, or one sentence saying what is wrong with the file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
+    check_file(path, expected)
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); expected {expected}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); expected {expected}") from None
+    obj = loads(text, path, expected)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds {type(obj).__name__}, expected {expected}")
     return obj
@@ -232,13 +320,11 @@ def read_json(path, expected="a JSON object"):
 def read_config(path):
     """config.json (model_type gemma, gemma2, gemma3_text, or gemma3's text_config), as transformers 4.x or 5 writes
     it -> GemmaConfig's fields. Every key is checked against CONFIG_KEYS; what cannot be read exactly is refused."""
-    try:
-        with open(path) as f:
-            hf = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: a checkpoint folder needs the model's config.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path} does not exist: a checkpoint folder needs the model's config.json")
+    check_file(path, "the model's config.json")  # a FIFO would block, /dev/zero never end
+    with open(path, "rb") as f:
+        hf = loads(f.read(), path)
     if not isinstance(hf, dict):
         raise ValueError(f"{path} should hold a JSON object, found {type(hf).__name__}")
     kind = hf.get("model_type", "gemma")
@@ -420,8 +506,7 @@ class Tokenizer:
 
     def __init__(self, path):
         import sentencepiece as spm  # imported here so that the model code runs without it
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} does not exist: expected a SentencePiece tokenizer.model")
+        check_file(path, "a SentencePiece tokenizer.model")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=path)
         except Exception as e:  # sentencepiece raises OSError or RuntimeError, depending on the version

@@ -94,8 +94,8 @@ _REQUIRED = object()
 
 def open_gguf(path):
     import gguf  # optional dependency: only conversion needs it
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: expected a GGUF file")
+    from checkpoint import check_file
+    check_file(path, "a GGUF file")  # missing, or a folder, FIFO or device: said as such
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
@@ -393,16 +393,18 @@ def main(argv=None):
     f.add_argument("name", choices=list(FETCHABLE))
     f.add_argument("--out", default=None, help="output folder (default checkpoints/NAME)")
     args = p.parse_args(argv)
-    try:
-        if args.command == "convert":
-            convert(args.gguf, args.out, args.dtype)
-            print(f"wrote {args.out} (config.json, model.safetensors, tokenizer.model)")
-        else:
-            fetch(args.name, args.out)
-    except ImportError as e:
-        sys.exit(f"error: converting needs the gguf package (pip install gguf==0.19.0): {e}")
-    except (OSError, ValueError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
+    import cli
+    with cli.last_resort(args.command):  # bad input in one sentence; a bug in one line naming its traceback's file
+        try:
+            if args.command == "convert":
+                convert(args.gguf, args.out, args.dtype)
+                print(f"wrote {args.out} (config.json, model.safetensors, tokenizer.model)")
+            else:
+                fetch(args.name, args.out)
+        except ImportError as e:
+            sys.exit(f"error: converting needs the gguf package (pip install gguf==0.19.0): {e}")
+        except RuntimeError as e:  # the gguf reader's and torch's refusals of a damaged file
+            sys.exit(f"error: {cli.one_line(e)}")
 
 
 if __name__ == "__main__":

@@ -26,13 +26,13 @@ What is subtle:
   are all validation rows, is refused.
 """
 import difflib
-import json
 import math
 import os
 import random
+import unicodedata
 
 from oddoneout import CATEGORIES, food_lists, oddoneout_rows
-from formats import KIND_NAMES, check_label, load_any, scores_to_pairs, show
+from formats import KIND_NAMES, check_label, load_any, row_sequences, scores_to_pairs, show
 
 
 # -----------------------------------------------------------------------------
@@ -197,8 +197,45 @@ def subset(rows, n, seed, role):
     return [rows[i] for i in sorted(order[:n])]
 
 
-def _key(row):
-    return json.dumps(row, sort_keys=True, ensure_ascii=False)
+def _text(t):
+    """A text as a reader sees it: Unicode-composed (NFC), runs of whitespace as one space, no space at either end."""
+    return " ".join(unicodedata.normalize("NFC", t).split())
+
+
+def scored(row):
+    """What the metric scores in a row, normalised: its prompt and the set of texts given a reward (a pair's two
+    responses, a question's five answers, a scores row's text), whatever the field order, the extra fields (an id),
+    the spacing, or which response is the chosen one. Two rows with the same key are the same question."""
+    seqs = row_sequences(row)
+    return (_text(seqs[0][0]),) + tuple(sorted(_text(r) for _, r in seqs))
+
+
+def degenerate(row):
+    """A pair whose chosen and rejected responses are one text, or a question whose correct answer is also a wrong
+    one: it holds no preference (its loss has no gradient toward either side, its accuracy is a tie whatever the
+    model), so it is dropped, and counted (task["dropped"])."""
+    seqs = [_text(r) for _, r in row_sequences(row)]
+    return len(seqs) > 1 and seqs[0] in seqs[1:]
+
+
+def dropped_note(task):
+    """One line on the rows load_task dropped (task["dropped"]), or None."""
+    d = task.get("dropped") or {}
+    parts = [f"{n} {role} row(s) whose responses (or answers) are one text" for role, n in d.items()
+             if role != "test_in_val"]
+    parts += [f"{d['test_in_val']} test row(s) that validation also scores"] if "test_in_val" in d else []
+    return f"task '{task['name']}': dropped {'; '.join(parts)} (config.json: 'dropped')" if parts else None
+
+
+def _drop_degenerate(task, role):
+    rows = task[role]
+    kept = [r for r in rows if not degenerate(r)]
+    if len(kept) < len(rows):
+        task["dropped"][role] = len(rows) - len(kept)
+        if not kept:
+            raise ValueError(f"{task['files'][role]}: every row's responses (or answers) are one text, so no row holds "
+                             "a preference")
+    task[role] = kept
 
 
 def load_task(name, data_dir="data", source=None, target=None, val=None, test=None, seed=0, n_source=None,
@@ -229,7 +266,7 @@ def load_task(name, data_dir="data", source=None, target=None, val=None, test=No
             raise ValueError(f"task '{name}' is generated, so it takes no --source, --target, --val or --test files; "
                              "use --task custom to train on files")
         src, tgt = spec["source_category"], spec["target_category"]
-        lists, task["files"] = food_lists(), {}
+        lists, task["files"], task["dropped"] = food_lists(), {}, {}
         for role, cat, split in (("source", src, "train"), ("target", tgt, "train"), ("val", tgt, "val"),
                                  ("test", tgt, "test")):
             task[role] = oddoneout_rows(cat, split, seed=seed, lists=lists)
@@ -254,17 +291,20 @@ def load_task(name, data_dir="data", source=None, target=None, val=None, test=No
     if paths["test"] is not None and os.path.realpath(paths["test"]) == os.path.realpath(paths["val"]):
         raise ValueError(f"task '{name}': the test file {paths['test']} is the validation file, which chooses the "
                          "checkpoint, so its metric would not be a test; give a separate --test file")
-    task["files"] = dict(paths)
+    task["files"], task["dropped"] = dict(paths), {}
     source_rows, found = _load_role(name, "source", paths["source"], spec["kind"])
     if found == "scores":
         source_rows, found = scores_to_pairs(source_rows, seed), "pairs"
-    source_rows = subset(source_rows, n_source, seed, "source")
-    if spec.get("source_repeat") and not source:  # only the task's own 10-example file, never a file given
-        source_rows = source_rows * spec["source_repeat"]
     task["source"], task["kind"] = source_rows, found
+    _drop_degenerate(task, "source")
+    task["source"] = subset(task["source"], n_source, seed, "source")
+    if spec.get("source_repeat") and not source:  # only the task's own 10-example file, never a file given
+        task["source"] = task["source"] * spec["source_repeat"]
     task["target"], task["target_kind"] = _load_role(name, "target", paths["target"], spec["target_kind"])
+    _drop_degenerate(task, "target")
     task["target"] = subset(task["target"], n_target, seed, "target")
     task["val"], task["eval_kind"] = _load_role(name, "val", paths["val"], spec["eval_kind"])
+    _drop_degenerate(task, "val")
     if paths["test"] is None:  # two seeded, disjoint halves of the val file
         order = list(range(len(task["val"])))
         random.Random(f"split_val/{name}/{seed}").shuffle(order)
@@ -279,10 +319,19 @@ def load_task(name, data_dir="data", source=None, target=None, val=None, test=No
                                    "test file)")
     else:
         task["test"] = _load_role(name, "test", paths["test"], task["eval_kind"])[0]
-        if {_key(r) for r in task["test"]} <= {_key(r) for r in task["val"]}:
-            raise ValueError(f"task '{name}': every row of the test file {paths['test']} is also in the validation "
-                             f"file {paths['val']}, which chooses the checkpoint, so its metric would not be a test; "
-                             "give a test file of other rows")
+        _drop_degenerate(task, "test")
+    # the test set never holds a question that validation scored (a copy with an id added, spaces changed or the
+    # responses swapped is the same question): such rows are dropped and counted; a test set of nothing else is refused
+    seen = {scored(r) for r in task["val"]}
+    kept = [r for r in task["test"] if scored(r) not in seen]
+    if not kept:
+        raise ValueError(f"task '{name}': every row of the test file {task['files']['test']} is also in the "
+                         f"validation file {task['files']['val']} (compared on what is scored: the prompt and the "
+                         "texts, spacing and extra fields aside), which chooses the checkpoint, so its metric would "
+                         "not be a test; give a test file of other rows")
+    if len(kept) < len(task["test"]):
+        task["dropped"]["test_in_val"] = len(task["test"]) - len(kept)
+        task["test"] = kept
     task["metric"] = spec["metric"] or METRICS[task["eval_kind"]]
     for role in ("val", "test") if task["metric"] == "rated" else ():
         for i, row in enumerate(task[role]):

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import cli
 import data
 import dial
 import formats
 import packing
 import runfolder
+from checkpoint import loads
 from lora import load_adapter
 
 
@@ -323,8 +325,13 @@ def curves(run_dirs, png):
         path = os.path.join(run, "metrics.jsonl")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path} does not exist: {run} is not a train.py run folder")
-        with open(path) as f:
-            logs = [json.loads(line) for line in f if line.strip()]
+        with open(path, encoding="utf-8") as f:
+            logs = [loads(line, f"{path}, line {n}") for n, line in enumerate(f, 1) if line.strip()]
+        odd = next((n for n, r in enumerate(logs, 1) if not isinstance(r, dict)), None)
+        if odd or not all(isinstance(cfg.get(k, 1), int) and cfg.get(k, 1) >= 1 for k in ("batch_src", "processes")):
+            raise ValueError(f"{run} is not a train.py run folder as train.py writes it (record {odd} of its "
+                             "metrics.jsonl is not an object)" if odd else f"{run}/config.json: 'batch_src' and "
+                             "'processes' should be positive integers")
         runs.append((run, cfg, logs))
     differ = [k for k in LABEL_KEYS if len({json.dumps(c.get(k)) for _, c, _ in runs}) > 1] or ["method"]
     fig, axes = plt.subplots(2, 4, figsize=(17, 7))
@@ -378,25 +385,25 @@ def curves(run_dirs, png):
 
 
 @contextlib.contextmanager
-def command(device):
-    """The body of a command line (train.py's and this file's), given this process's device:
+def command(device, name="train"):
+    """The body of a command line (train.py's, rlhf.py's and this file's), given this process's device:
     - under torchrun, joins the process group (NCCL between GPUs, gloo between CPU processes), moves to the process's
       own GPU, silences every process but 0, and leaves the group at the end; without torchrun, nothing of that;
-    - bad input or a diverged run ends in one sentence, no traceback."""
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        if device.startswith("cuda"):
-            device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        if dist.get_rank() > 0:
-            sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
-    try:
-        yield device
-    except (OSError, ValueError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    - bad input or a diverged run ends in one sentence, no traceback; anything else in one line naming the file that
+      holds its traceback (cli.last_resort)."""
+    with cli.last_resort(name):
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            if device.startswith("cuda"):
+                device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            if dist.get_rank() > 0:
+                sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
+        try:
+            yield device
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def main(argv=None):
@@ -414,7 +421,8 @@ def main(argv=None):
                    "--tsne (default RUN_DIR/tsne.png; required for several runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
-    with command(args.device) as args.device:  # under torchrun each process evaluates a share of the batches
+    cli.RUN = args.run if args.run and os.path.isdir(args.run) else None  # a crash's traceback: RUN/error.log
+    with command(args.device, "eval") as args.device:  # under torchrun each process evaluates a share of the batches
         runfolder.check_device(args.device)
         if args.table:
             print(table(args.table))

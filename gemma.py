@@ -465,22 +465,25 @@ class Gemma(nn.Module):
 
 if __name__ == "__main__":  # check a download: python gemma.py checkpoints/gemma-2b --prompt "The capital of France is"
     import sys
-    if sys.argv[1:2] in (["convert"], ["fetch"]):  # python gemma.py convert FILE.gguf OUT_DIR | fetch gemma-3-270m
-        import convert
-        sys.exit(convert.main(sys.argv[1:]))
-    import argparse
-    p = argparse.ArgumentParser(description="Greedy continuation of a prompt with a Gemma checkpoint folder. "
-                                "Also: `python gemma.py convert FILE.gguf OUT_DIR`, `python gemma.py fetch gemma-3-270m`.")
-    p.add_argument("path", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model)")
-    p.add_argument("--prompt", default="The capital of France is")
-    p.add_argument("--tokens", type=int, default=16, help="how many tokens to generate at most")
-    args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
+    import cli
+    with cli.last_resort("gemma"):  # bad input in one sentence; a bug in one line naming its traceback's file
+        if sys.argv[1:2] in (["convert"], ["fetch"]):  # python gemma.py convert FILE.gguf OUT_DIR | fetch gemma-3-270m
+            import convert
+            sys.exit(convert.main(sys.argv[1:]))
+        import argparse
+        p = argparse.ArgumentParser(description="Greedy continuation of a prompt with a Gemma checkpoint folder. Also: "
+                                    "`python gemma.py convert FILE.gguf OUT_DIR`, `python gemma.py fetch gemma-3-270m`.")
+        p.add_argument("path", help="Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.model)")
+        p.add_argument("--prompt", default="The capital of France is")
+        p.add_argument("--tokens", type=int, default=16, help="how many tokens to generate at most")
+        args = p.parse_args()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         model = Gemma.from_pretrained(args.path, torch.bfloat16 if device == "cuda" else torch.float32, device)
         tok = Tokenizer(os.path.join(args.path, "tokenizer.model"))
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
-    ids = model.generate(torch.tensor([tok.encode(args.prompt)], device=device), max_new_tokens=args.tokens,
-                         eos_id=tok.stop_ids)
-    print(tok.decode(ids[0].tolist()))
+        prompt = tok.encode(args.prompt)
+        if not 0 <= args.tokens <= model.config.max_position_embeddings - len(prompt):
+            raise ValueError(f"--tokens must be in [0, {model.config.max_position_embeddings - len(prompt)}] (the "
+                             f"model's {model.config.max_position_embeddings} positions less the prompt's), got "
+                             f"{args.tokens}")
+        ids = model.generate(torch.tensor([prompt], device=device), max_new_tokens=args.tokens, eos_id=tok.stop_ids)
+        print(tok.decode(ids[0].tolist()))

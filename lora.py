@@ -90,6 +90,13 @@ def add_lora(model, r=64, alpha=64, dropout=0.0, targets=("q_proj", "v_proj"), u
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _matches(n, targets)]
     if not names:
         raise ValueError(f"no nn.Linear in the model matches LoRA targets {targets}")
+    for name in names:  # before anything is allocated: A and B hold r x (in + out) numbers per layer
+        m = model.get_submodule(name)
+        if r > max(m.in_features, m.out_features):
+            raise ValueError(f"LoRA rank {r} (--lora-r, or r in adapter_config.json) is wider than {name}, a "
+                             f"{m.in_features} -> {m.out_features} layer, whose update B A has rank "
+                             f"{min(m.in_features, m.out_features)} at most; choose r <= "
+                             f"{max(m.in_features, m.out_features)}")
     model.requires_grad_(False)
     for name in names:
         _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, use_rslora))

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+import cli
 import dial
 import packing
 import ppo
@@ -409,11 +410,35 @@ def resolve(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    with command(args.device) as args.device:
+    cli.RUN = None  # until the run folder is known
+    with command(args.device, "rlhf") as args.device:
         if args.plot:
             print(f"wrote {plot(args.plot, args.plot_out)}")
             return None
-        return run(resolve(args))
+        cfg = resolve(args)
+        check_sizes(cfg)
+        cli.RUN = cfg["out"]  # an unexpected error's traceback goes to RUN/error.log
+        return run(cfg)
+
+
+def check_sizes(cfg):
+    """What resolve leaves open, refused before anything is allocated: non-finite numbers, seeds numpy cannot take,
+    and sequences longer than the model's positions (a response length of 10**9 would grow its cache for hours)."""
+    from gemma import GemmaConfig
+    for key, value in cfg.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {value}")
+    for key in ("seed", "data_seed"):
+        if key in cfg and not 0 <= cfg[key] < 2 ** 32:
+            raise ValueError(f"--{key.replace('_', '-')} must be in [0, 2**32), got {cfg[key]}")
+    config = GemmaConfig.tiny() if cfg["model"] == "tiny" else GemmaConfig.from_json(
+        os.path.join(cfg["model"], "config.json")) if os.path.isdir(cfg["model"]) else None
+    if config is not None:
+        for what, n in (("--query-len + --response-len", cfg["query_len"] + cfg["response_len"]),
+                        ("--reward-len", cfg["reward_len"])):
+            if n > config.max_position_embeddings:
+                raise ValueError(f"{what} is {n} tokens, more than the model's {config.max_position_embeddings} "
+                                 "positions")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import fcntl
 import glob
 import hashlib
 import json
-import math
 import os
 import random
 import shlex
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from checkpoint import read_json  # noqa: F401 (runfolder.read_json, for train.py and eval.py)
+from checkpoint import check_file, loads, read_json  # noqa: F401 (runfolder.read_json, for train.py and eval.py)
+from statecheck import check_state
 
 STATE = "state.safetensors"
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "adapter", "base", STATE)  # what a fresh run replaces
@@ -142,7 +142,7 @@ def open_log(path, step=None):
             lines = f.read().split("\n")
         for n, line in enumerate(lines, 1):
             try:
-                record = json.loads(line) if line.strip() else None
+                record = loads(line, f"{path}, line {n}") if line.strip() else None
             except ValueError:
                 if any(rest.strip() for rest in lines[n:]):
                     raise ValueError(f"{path}, line {n} is not JSON (the log was edited or damaged)") from None
@@ -265,51 +265,51 @@ def trainable_state(model):
 
 def save_state(path, model, opt, critic_opt, gp_rng, step, best, best_weights):
     """One file, one rename. Refuses (FloatingPointError) to save weights that are not finite."""
-    from safetensors.torch import save_file
     weights = trainable_state(model)
     check_finite(weights, f"step {step}, not saved")
-    state = dict(model=weights, best_weights=best_weights, opt=opt.state_dict(), critic_opt=critic_opt.state_dict(),
-                 step=step, best=best, gp_rng=gp_rng.get_state(),
-                 rng=(random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                      torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None))
+    save_tensors(path, dict(model=weights, best_weights=best_weights, opt=opt.state_dict(),
+                            critic_opt=critic_opt.state_dict(), step=step, best=best, gp_rng=gp_rng.get_state(),
+                            rng=(random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                                 torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)))
+
+
+def save_tensors(path, state):
+    """Nested dicts, lists and tuples of tensors, arrays, numbers and strings -> one safetensors file (atomically)."""
+    from safetensors.torch import save_file
     tensors = {}
     meta = json.dumps(_encode(state, tensors, "s"))
     write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "dial_state": meta}))
 
 
-def read_state(path):
-    """The dict save_state wrote (model, best_weights, opt, critic_opt, step, best, gp_rng, rng), or one sentence."""
+def read_state(path, what="a training state of train.py"):
+    """The dict save_state (or save_tensors) wrote, with an integer step, or one sentence. Nothing in it is checked
+    against a model here: load_state does that."""
     from safetensors import safe_open
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
+    check_file(path, what)
     try:
         with safe_open(path, "pt") as f:
             meta = (f.metadata() or {}).get("dial_state")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta is None:
             raise ValueError("no training state in its metadata")
-        state = _decode(json.loads(meta), tensors)
-        if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("model"), dict):
+        state = _decode(loads(meta, "its metadata"), tensors)
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state["step"], bool) \
+                or not isinstance(state.get("model"), dict):
             raise ValueError("its metadata is not a training state")
     except Exception as e:  # safetensors raises its own error type for a truncated or foreign file
-        raise ValueError(f"{path} is damaged or not a training state of train.py ({str(e).splitlines()[0][:200]}); "
+        raise ValueError(f"{path} is damaged or not {what} ({str(e).splitlines()[0][:200]}); "
                          "resume needs the file its run wrote") from None
     return state
 
 
-def load_state(path, model, opt, critic_opt, gp_rng):
-    """Restores weights, both optimisers, every random generator; returns (step, best, best_weights)."""
+def load_state(path, model, opt, critic_opt, gp_rng, total=None, critic_updates=1):
+    """Restores weights, both optimisers, every random generator; returns (step, best, best_weights). The state is
+    checked whole first (statecheck.py): a bad entry is named in one sentence, and nothing is loaded.
+    total: the run's steps (the state's step must lie in [0, total]); critic_updates: critic steps per step."""
     state = read_state(path)
-    own = trainable_state(model)
-    for saved, what in ((state["model"], "weights"), (state.get("best_weights") or own, "best weights")):
-        if set(saved) != set(own):
-            odd = sorted(set(saved) ^ set(own))[0]
-            raise ValueError(f"{path} does not match this model ('{odd}' in one of its {what} but not the other); "
-                             "was the run's config changed?")
-        for k, v in saved.items():
-            if v.shape != own[k].shape:
-                raise ValueError(f"{path}: '{k}' has shape {tuple(v.shape)}, the model's is {tuple(own[k].shape)}")
-        check_finite(saved, f"{path}, {what}")
+    params = {id(p): n for n, p in model.named_parameters()}
+    check_state(state, path, trainable_state(model), params, gp_rng,
+                {"opt": (opt, 1), "critic_opt": (critic_opt, critic_updates)}, total)
     try:
         model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
@@ -319,16 +319,13 @@ def load_state(path, model, opt, critic_opt, gp_rng):
         random.setstate(py), np.random.set_state(np_state), torch.set_rng_state(cpu)
         if cuda is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # (checked above: a torch that reads states anew)
         raise ValueError(f"{path} does not hold a usable training state ({str(e).splitlines()[0][:200]})") from None
+    own = trainable_state(model)
     best_weights = state.get("best_weights")
     if best_weights is not None:
         best_weights = {k: v.to(own[k].device, own[k].dtype) for k, v in best_weights.items()}
-    best = state.get("best")
-    if best is not None and not (isinstance(best, dict) and isinstance(best.get("val"), dict)
-                                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in best["val"].values())):
-        raise ValueError(f"{path}: its best validation record {best!r} is not a set of finite metrics")
-    return state["step"], best, best_weights
+    return state["step"], state.get("best"), best_weights
 
 
 # -----------------------------------------------------------------------------
@@ -338,9 +335,7 @@ def load_state(path, model, opt, critic_opt, gp_rng):
 def load_base(folder, dtype, device):
     """Gemma and its tokenizer from a Hugging Face-layout folder, with the tokenizer checked against the embedding."""
     from gemma import Gemma, Tokenizer
-    if not os.path.isfile(os.path.join(folder, "tokenizer.model")):
-        raise FileNotFoundError(f"{folder}/tokenizer.model does not exist: the base model needs its SentencePiece "
-                                "tokenizer beside config.json")
+    check_file(os.path.join(folder, "tokenizer.model"), "the base model's SentencePiece tokenizer, beside config.json")
     gemma = Gemma.from_pretrained(folder, dtype=dtype, device=device)
     tok = Tokenizer(os.path.join(folder, "tokenizer.model"))
     if tok.vocab_size > gemma.config.vocab_size:

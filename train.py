@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import cli
 import data
 import dial
 import formats
@@ -159,6 +160,24 @@ def check(cfg):
     runfolder.check_device(cfg["device"])
 
 
+def check_sizes(cfg, task):
+    """The batch sizes against the data, before anything is allocated: a step holds no row twice (a batch of a
+    million on 40 rows would pack a million sequences at every step)."""
+    n, method = world()[1], cfg["method"]
+    tgt = len(data.labelled_target(task, cfg["data_seed"])) if method in dial.ORACLES else len(task["target"])
+    uses_src = method in dial.METHODS and method != "tgt-pref"  # (the prompted baselines have no batches)
+    for key, role, rows, used in (("batch_src", "source", len(task["source"]), uses_src),
+                                  ("batch_tgt", "target", tgt, method in dial.TARGET_METHODS)):
+        if used and cfg[key] * n > rows:
+            each = f" x {n} processes" if n > 1 else ""
+            raise ValueError(f"--{key.replace('_', '-')} {cfg[key]}{each} is more than the task's {rows} {role} rows, "
+                             "so a step would hold a row twice; lower it")
+
+
+def _positive(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and FINITE(v) and v > 0
+
+
 def _number(text):
     try:
         float(text)
@@ -188,6 +207,9 @@ def resolve(args):
             cfg[key] = os.path.abspath(cfg[key])
     cfg["files"] = task["files"]
     cfg["data"] = {role: runfolder.fingerprint_rows(task[role]) for role in ("source", "target", "val", "test")}
+    cfg["dropped"] = task["dropped"]  # rows that hold no preference, test rows validation scores: counted
+    if data.dropped_note(task):
+        print(data.dropped_note(task))
     del cfg["given"]
     check(cfg)
     return cfg, task
@@ -228,6 +250,12 @@ def resumed(args):
             new, old = (json.dumps(v) if isinstance(v, str) and not v.strip() else v for v in (new, old))  # '', \n\n
             raise ValueError(f"--{key.replace('_', '-')} {new} differs from the run's {old} ({path}): a resumed run "
                              "keeps its own settings, so leave the flag out, or start a new run with another --out")
+    for key, ok, what in (("critic_scale_value", lambda v: _positive(v), "a positive finite number"),
+                          ("processes", lambda v: isinstance(v, int) and v >= 1, "a number of processes"),
+                          ("data", lambda v: isinstance(v, dict) and all(k in data.ROLES and isinstance(f, str)
+                                                                         for k, f in v.items()), "data fingerprints")):
+        if key in saved and not ok(saved[key]):  # what the run itself measured or wrote, read back: checked too
+            raise ValueError(f"{path}: field '{key}' is {str(saved[key])[:60]}, not {what} as train.py writes there")
     if saved.get("processes", 1) != world()[1]:
         raise ValueError(f"{path}: the run used {saved.get('processes')} process(es), this is {world()[1]}; resume it "
                          "with as many (the batch of each process, hence the data order, depends on it)")
@@ -332,6 +360,7 @@ def run(cfg, task, resume=False, stop=None):
     """Trains, evaluates and writes the run folder (process 0 alone writes, holding the folder's lock); returns the
     summary. stop: a runfolder.Stop already listening for signals (main's, from before the data is read), or None."""
     owner = runfolder.owned(cfg["out"]) if world()[0] == 0 else contextlib.nullcontext()
+    cli.RUN = cfg["out"]  # an unexpected error's traceback goes to RUN/error.log (cli.py)
     with owner, (contextlib.nullcontext(stop) if stop else runfolder.Stop()) as stop:
         try:
             return _run(cfg, task, resume, stop)
@@ -342,6 +371,7 @@ def run(cfg, task, resume=False, stop=None):
 def _run(cfg, task, resume, stop):
     rank, n_proc, _ = world()
     out, device, method = cfg["out"], cfg["device"], cfg["method"]
+    check_sizes(cfg, task)  # before anything is written or allocated
     state_path, log_path = os.path.join(out, runfolder.STATE), os.path.join(out, "metrics.jsonl")
     if rank == 0 and resume:  # (process 0 holds the folder's lock: nobody else writes in it)
         if not os.path.isfile(state_path):
@@ -392,7 +422,8 @@ def _run(cfg, task, resume, stop):
     gp_rng = torch.Generator(device).manual_seed(cfg["seed"])  # the penalty's draws: the same in every process
     step, best, best_weights = 0, None, None
     if resume:
-        step, best, best_weights = runfolder.load_state(state_path, core, opt, critic_opt, gp_rng)
+        step, best, best_weights = runfolder.load_state(state_path, core, opt, critic_opt, gp_rng, total,
+                                                        cfg["critic_iters"] * A)
         print(f"resuming {out} at step {step} of {total}")
     if cfg.get("lr_override"):  # deliberate: the advice after a divergence; logged in config.json
         was = opt.param_groups[0]["lr"]
@@ -405,7 +436,12 @@ def _run(cfg, task, resume, stop):
                 {"step": step, "lr": cfg["lr_override"], "was": was}]
             runfolder.write_json(os.path.join(out, "config.json"), saved)
     log = runfolder.open_log(log_path, step if resume else None) if rank == 0 else None
+    if log and not resume and task["dropped"]:  # the log says which rows the run never saw (so does config.json)
+        log.write(json.dumps({"step": 0, "split": "data", "dropped": task["dropped"]}) + "\n"), log.flush()
     main = "pearson" if task["metric"] == "correlation" else "acc"
+    if best is not None and main not in best["val"]:
+        raise ValueError(f"{state_path}: its best validation record has no '{main}', the metric of task "
+                         f"'{cfg['task']}' (was the state edited?)")
     saved_step = step
 
     def write(record):
@@ -499,6 +535,7 @@ def _run(cfg, task, resume, stop):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.RUN = args.out if args.out and os.path.isdir(args.out) else None  # where a crash's traceback goes (error.log)
     with command(args.device) as args.device:  # under torchrun: one process per device; else nothing changes
         if args.task is None and not args.resume:
             if args.given - {"device"}:  # the demo's settings are fixed: a flag would be silently ignored

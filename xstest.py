@@ -27,13 +27,20 @@ TEMPLATE = "<start_of_turn>user\n{}<end_of_turn>\n<start_of_turn>model\n"  # Gem
 
 
 def _read_csv(path, columns):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: expected XSTest's CSV (see assets/xstest/SOURCE.txt)")
+    from checkpoint import check_file
+    check_file(path, "XSTest's CSV (see assets/xstest/SOURCE.txt)")  # missing, or a folder, FIFO or device
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        try:
+            rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise ValueError(f"{path}, line {reader.line_num + 1}: not a readable CSV row ({e})") from None
     missing = [c for c in columns if rows and c not in rows[0]]
     if not rows or missing:
         raise ValueError(f"{path}: expected a header with columns {', '.join(columns)}, missing {missing or 'rows'}")
+    short = next((i for i, r in enumerate(rows) if any(r[c] is None for c in columns)), None)
+    if short is not None:
+        raise ValueError(f"{path}, row {short + 1}: fewer fields than the header's {', '.join(columns)}")
     return rows
 
 
@@ -46,6 +53,8 @@ def load_xstest(folder=XSTEST):
         if r["label"] not in ("safe", "unsafe"):
             raise ValueError(f"{folder}/xstest_prompts.csv, row {i + 1}: label should be safe or unsafe, "
                              f"got {r['label']!r}")
+        if not r["id"].isdigit():
+            raise ValueError(f"{folder}/xstest_prompts.csv, row {i + 1}: id should be a number, got {r['id']!r:.40}")
         prompts.append({"id": int(r["id"]), "prompt": r["prompt"], "type": r["type"], "safe": r["label"] == "safe"})
     by_id = {p["id"]: p for p in prompts}
     completions = []

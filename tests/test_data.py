@@ -298,8 +298,9 @@ def test_test_is_never_the_selection_set(tmp_path):
     same_rows = write(tmp_path / "copy.jsonl", pairs(3, "v")[::-1], jsonl=True)  # another file, the same rows
     with pytest.raises(ValueError, match="every row of the test file .*copy.jsonl is also in the validation file"):
         load_task("custom", source=src, target=tgt, val=ev, test=same_rows)
-    some = write(tmp_path / "some.json", pairs(3, "v")[:1] + pairs(2, "w"))  # an overlap that is not the whole set
-    assert len(load_task("custom", source=src, target=tgt, val=ev, test=some)["test"]) == 3
+    some = write(tmp_path / "some.json", pairs(3, "v")[:1] + pairs(2, "w"))  # an overlap that is not the whole set:
+    t = load_task("custom", source=src, target=tgt, val=ev, test=some)  # the shared row dropped, and counted
+    assert t["test"] == pairs(2, "w") and t["dropped"] == {"test_in_val": 1}
 
 
 def test_subsets_are_seeded_and_nested():
