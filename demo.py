@@ -1,8 +1,9 @@
 """
-The offline demo, `python train.py` (or `python demo.py`): a tiny Gemma pre-trained on lists of foods, then Src-Pref
-and DIAL reward models trained with train.py's loop on odd-one-out questions about desserts (source, labelled) and
-evaluated on questions about fruits (target, unlabelled during training). Nothing is downloaded; a few minutes on a
-laptop CPU; the runs are in runs/demo/, and an interrupted demo continues where it stopped when run again.
+The offline demo, `python train.py` with no --task: a tiny Gemma pre-trained on lists of foods (base_model), then
+Src-Pref and DIAL reward models trained by train.py's own run on odd-one-out questions about desserts (source,
+labelled) and evaluated on questions about fruits (target, unlabelled during training): RUNS, each as its command
+line. Nothing is downloaded; the runs are in runs/demo/, and an interrupted demo continues where it stopped when run
+again. This file knows nothing of train.py: train.py asks it for the base model and the runs, and trains them.
 """
 import os
 import random
@@ -16,12 +17,14 @@ from tqdm import tqdm
 import oddoneout
 import runfolder
 import statecheck
+from checkpoint import train_tokenizer
 from gemma import Gemma, GemmaConfig, Tokenizer
-from train import parse_args, resolve, run, train_tokenizer
 
 
 SAVE_EVERY = 50  # pre-training steps between saves of its state (and at a stop): a kill loses at most these
 WORK = os.path.join("runs", "demo", "pretrain")  # the pre-training in progress: tokenizer.model, state.safetensors
+BASE = os.path.join("runs", "demo", "base")  # the pre-trained base model, a Hugging Face-layout folder
+TASK = "oddoneout-desserts-fruits"
 
 
 def pretrain(work, steps=400, seed=0, batch=32, stop=None):
@@ -90,37 +93,30 @@ def resume_pretraining(path, model, opt, steps):
     return state["step"]
 
 
-def demo(seeds=(0,), device="cpu"):
-    task_name, base = "oddoneout-desserts-fruits", os.path.join("runs", "demo", "base")
-    if not os.path.isdir(base):
+def base_model():
+    """The demo's base model folder: pre-trained once (resumable: Ctrl-C saves, a new call continues), then kept."""
+    if not os.path.isdir(BASE):
         with runfolder.owned(WORK), runfolder.Stop() as stop:  # one process pre-trains; Ctrl-C saves it
             model, tok_path = pretrain(WORK, stop=stop)
 
             def write(tmp):  # base/ appears whole or not at all
                 model.save_pretrained(tmp)
                 shutil.copyfile(tok_path, os.path.join(tmp, "tokenizer.model"))
-            runfolder.write_atomically(base, write)
+            runfolder.write_atomically(BASE, write)
     runfolder.remove(WORK)  # its work is in base/ now
-    results = {}
-    for method in ("src-pref", "dial"):
-        for seed in seeds:
-            args = parse_args(["--task", task_name, "--method", method, "--model", base, "--seed", str(seed),
-                               "--out", os.path.join("runs", "demo", method, f"seed{seed}"), "--lora-targets", "all",
-                               "--epochs", "2", "--device", device])
-            cfg, task = resolve(args)
-            if os.path.exists(os.path.join(cfg["out"], "summary.json")):
-                results.setdefault(method, []).append(runfolder.read_json(os.path.join(cfg["out"], "summary.json"))
-                                                      ["test"]["acc"])
-                continue
-            interrupted = os.path.exists(os.path.join(cfg["out"], runfolder.STATE))  # the demo resumes by itself
-            results.setdefault(method, []).append(run(cfg, task, interrupted)["test"]["acc"])
-    print(f"\n{task_name}: target (fruits) test accuracy of the odd-one-out answer, chance 0.2")
+    return BASE
+
+
+def runs(base, device="cpu", seeds=(0,)):
+    """The demo's runs, as (method, seed, the train.py command line of the run)."""
+    return [(method, seed, ["--task", TASK, "--method", method, "--model", base, "--seed", str(seed), "--out",
+                            os.path.join("runs", "demo", method, f"seed{seed}"), "--lora-targets", "all", "--epochs",
+                            "2", "--device", device])
+            for method in ("src-pref", "dial") for seed in seeds]
+
+
+def report(results):
+    """results: {method: [target test accuracy per seed]} -> the demo's last lines."""
+    print(f"\n{TASK}: target (fruits) test accuracy of the odd-one-out answer, chance 0.2")
     for method, accs in results.items():
         print(f"  {method:10s} {np.mean(accs):.3f}  ({', '.join(f'{a:.3f}' for a in accs)})")
-    return results
-
-
-if __name__ == "__main__":
-    import cli
-    with cli.last_resort("demo"):  # one sentence for bad input, one line naming the traceback's file for a bug
-        demo()

@@ -5,10 +5,8 @@ Where we differ from the authors' code: a tie between chosen and rejected reward
 argmax picks the first of equal scores, so identical truncated pairs, which always tie in bf16, counted as wins);
 ties="correct" (train.py --ties correct) reproduces theirs.
 """
-import contextlib
 import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ import packing
 import runfolder
 from checkpoint import loads
 from lora import load_adapter
+from processes import command
 
 
 TIES = ("half", "correct")
@@ -384,28 +383,6 @@ def curves(run_dirs, png):
     return drawn, labels
 
 
-@contextlib.contextmanager
-def command(device, name="train"):
-    """The body of a command line (train.py's, rlhf.py's and this file's), given this process's device:
-    - under torchrun, joins the process group (NCCL between GPUs, gloo between CPU processes), moves to the process's
-      own GPU, silences every process but 0, and leaves the group at the end; without torchrun, nothing of that;
-    - bad input or a diverged run ends in one sentence, no traceback; anything else in one line naming the file that
-      holds its traceback (cli.last_resort)."""
-    with cli.last_resort(name):
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            if device.startswith("cuda"):
-                device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-            if dist.get_rank() > 0:
-                sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
-        try:
-            yield device
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(description="Re-evaluate a trained run, or tabulate finished runs.")
@@ -446,8 +423,8 @@ def main(argv=None):
         if not args.run:
             p.error("give a run folder, or --table RUNS_DIR, --sweep RUNS_DIR or --tsne RUN_DIR")
         model, tok, cfg = load_reward_model(args.run, args.device)
-        task = data.load_task(cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"], cfg["val"], cfg["test"],
-                              cfg["data_seed"])
+        task = data.load_task(cfg.get("task_file") or cfg["task"], cfg["data_dir"], cfg["source"], cfg["target"],
+                              cfg["val"], cfg["test"], cfg["data_seed"], metric=cfg.get("metric"))
         rows = task[args.split][:cfg["eval_rows"]]
         examples = packing.tokenize(rows, tok, cfg["max_len"], cfg["separator"], cfg["truncation"])
         metrics = evaluate(model, rows, examples, task["metric"], cfg["eval_batch"], args.device, cfg["ties"])

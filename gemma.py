@@ -5,7 +5,8 @@ stream, or cached generation steps), generation, Hugging Face checkpoint loading
 Loads the Hugging Face checkpoints of google/gemma-2b / 7b (v1), gemma-2-2b and gemma-3-270m (text part of any Gemma
 3) and reproduces transformers' GemmaForCausalLM / Gemma2ForCausalLM / Gemma3ForCausalLM to float32 rounding
 (tests/test_gemma.py, tests/test_gemma23.py). Module names equal the checkpoint keys without the leading "model.", so
-loading is an explicit identity mapping with every key and shape checked. Files and the tokenizer: checkpoint.py.
+loading is an explicit identity mapping with every key and shape checked. Files and the tokenizer: checkpoint.py;
+config.json: hfconfig.py.
 
 The four places where a from-scratch Gemma usually goes wrong (all are tested against transformers):
 - the embedding is multiplied by sqrt(D) *rounded to the activation dtype* (45.25 in bf16 for 2b, not 45.2548);
@@ -29,8 +30,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from checkpoint import FULL, SLIDING, hf_config, read_config, read_safetensors_header, read_tensor, shard_files
+from checkpoint import read_safetensors_header, read_tensor, shard_files
 from checkpoint import Tokenizer, pad  # noqa: F401 (re-exported: gemma.Tokenizer, gemma.pad)
+from hfconfig import FULL, SLIDING, hf_config, read_config
 
 # -----------------------------------------------------------------------------
 # config
@@ -103,7 +105,7 @@ class GemmaConfig:
     def from_json(cls, path):
         """Reads a Hugging Face config.json: model_type gemma, gemma2, gemma3_text, or gemma3 (its text_config), as
         transformers 4.x (rope_theta, rope_scaling) or 5 (rope_parameters) writes it; any key whose numerics gemma.py
-        does not implement is refused, naming the key (checkpoint.CONFIG_KEYS)."""
+        does not implement is refused, naming the key (hfconfig.CONFIG_KEYS)."""
         return cls(**read_config(path))
 
     def to_hf(self):

@@ -1,15 +1,40 @@
 """
-torchrun for train.py: which process this is, the reward model wrapped in DistributedDataParallel, and what crosses
-processes each step (the critic's rows, gathered; the logs, averaged). Without torchrun: one process, and nothing of
-this does anything.
+torchrun for train.py (and rlhf.py, eval.py): the body of a command line under it (command), which process this is,
+the reward model wrapped in DistributedDataParallel, and what crosses processes each step (the critic's rows,
+gathered; the logs, averaged). Without torchrun: one process, and nothing of this does anything.
 """
+import contextlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import cli
 import dial
+
+
+@contextlib.contextmanager
+def command(device, name="train"):
+    """The body of a command line (train.py's, rlhf.py's and eval.py's), given this process's device:
+    - under torchrun, joins the process group (NCCL between GPUs, gloo between CPU processes), moves to the process's
+      own GPU, silences every process but 0, and leaves the group at the end; without torchrun, nothing of that;
+    - bad input or a diverged run ends in one sentence, no traceback; anything else in one line naming the file that
+      holds its traceback (cli.last_resort)."""
+    with cli.last_resort(name):
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+            if device.startswith("cuda"):
+                device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            if dist.get_rank() > 0:
+                sys.stdout = open(os.devnull, "w")  # one voice: process 0 prints, logs and writes
+        try:
+            yield device
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def world():

@@ -208,7 +208,6 @@ def context_for(cfg, task, kind, cut):
 def run(cfg, task, resume=False):
     """Asks the base model about the first --eval-rows rows of val and test and writes the run folder as a trained
     run does (config.json, metrics.jsonl, summary.json) plus generations.jsonl; returns the summary."""
-    import train  # (train.py imports this file only when it runs a prompted method)
     out = cfg["out"]
     if resume:
         raise ValueError(f"--resume: a prompted baseline ({cfg['method']}) trains nothing and has no state to continue; "
@@ -219,7 +218,7 @@ def run(cfg, task, resume=False):
             runfolder.remove(os.path.join(out, name))
         random.seed(cfg["seed"]), np.random.seed(cfg["seed"]), torch.manual_seed(cfg["seed"])
         kind = eval_kind(task)
-        folder = train.model_folder(cfg, task)
+        folder = runfolder.model_folder(cfg, task)
         runfolder.write_json(os.path.join(out, "config.json"),
                              {**cfg, "base": runfolder.fingerprint_folder(folder), "processes": 1})
         dtype = torch.bfloat16 if cfg["device"].startswith("cuda") else torch.float32

@@ -46,11 +46,10 @@ import dial
 import packing
 import ppo
 import xstest
-from eval import command
 from gemma import Gemma, Tokenizer, pad
 from lora import add_lora, disabled_lora, save_adapter
-from runfolder import write_atomically, write_json
-from train import make_tiny
+from processes import command
+from runfolder import make_tiny, write_atomically, write_json
 
 PAPER = dict(lr=5e-5, reward_lr=5e-5, response_len=320, reward_epochs=1)  # appendix A.8 and the authors' README
 TINY = dict(lr=1e-3, reward_lr=1e-3, response_len=32, reward_epochs=5)  # a tiny model learns little at 5e-5

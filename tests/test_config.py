@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from checkpoint import CONFIG_KEYS, FULL, SLIDING
+from hfconfig import CONFIG_KEYS, FULL, SLIDING
 from gemma import Gemma, GemmaConfig, pad
 from hf_reference import hf_positions, hf_rope, randomise
 

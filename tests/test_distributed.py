@@ -10,7 +10,6 @@ import torch
 import formats
 import oddoneout
 import runfolder
-import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMON = ["--task", "oddoneout-desserts-sauces", "--method", "dial", "--lora-r", "8", "--lora-alpha", "8",
@@ -32,7 +31,7 @@ def base(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("base"))
     texts = [t for row in oddoneout.oddoneout_rows("desserts", "train", n=200) for p, r in formats.row_sequences(row)
              for t in (p, r)]
-    train.make_tiny(folder, texts, 500, seed=0)
+    runfolder.make_tiny(folder, texts, 500, seed=0)
     return folder
 
 

@@ -54,7 +54,7 @@ def base(tmp_path_factory, files):
     folder = str(tmp_path_factory.mktemp("base"))
     texts = [t for role in ("source", "target") for row in formats.load_rows(files[role], "text")
              for p, r in formats.row_sequences(row) for t in (p, r) if t]
-    train.make_tiny(folder, texts, 400, seed=0)
+    runfolder.make_tiny(folder, texts, 400, seed=0)
     return folder
 
 

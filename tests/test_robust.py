@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint
 import dial
 import eval as evaluation
 import formats
+import gemma
 import oddoneout
 import runfolder
 import train
@@ -35,7 +37,7 @@ def base(tmp_path_factory):
     rows = oddoneout.oddoneout_rows("desserts", "train", n=200) + oddoneout.oddoneout_rows("fruits", "train", n=200)
     texts = [t for row in rows
              for p, r in formats.row_sequences(row) for t in (p, r) if t]
-    train.make_tiny(folder, texts, 400, seed=0)
+    runfolder.make_tiny(folder, texts, 400, seed=0)
     return folder
 
 
@@ -267,14 +269,14 @@ def test_a_kill_at_every_write_point_leaves_a_resumable_folder(tmp_path, base, s
 def test_a_kill_while_base_is_built_heals(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     argv = ["--out", out, "--model", "tiny", "--tiny-vocab", "400", "--max-steps", "1", *SMALL]
-    real = train.Gemma.save_pretrained
+    real = gemma.Gemma.save_pretrained
 
     def killed(self, path):
         real(self, path)
         raise Killed  # after the weights, before base/ is renamed into place
 
     with monkeypatch.context() as m:
-        m.setattr(train.Gemma, "save_pretrained", killed)
+        m.setattr(gemma.Gemma, "save_pretrained", killed)
         with pytest.raises(Killed):
             train.main(argv)
     assert not os.path.exists(os.path.join(out, "base"))
@@ -317,7 +319,7 @@ def test_bad_input_gets_one_sentence(tmp_path, base):
     shutil.copytree(base, big)
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 7)) for _ in range(3000)]
-    train.train_tokenizer([" ".join(words[i:i + 9]) for i in range(0, 3000, 3)], os.path.join(big, "tokenizer.model"), 900)
+    checkpoint.train_tokenizer([" ".join(words[i:i + 9]) for i in range(0, 3000, 3)], os.path.join(big, "tokenizer.model"), 900)
     truncated = str(tmp_path / "truncated")
     shutil.copytree(run_, truncated)
     with open(os.path.join(truncated, runfolder.STATE), "r+b") as f:

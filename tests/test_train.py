@@ -7,6 +7,7 @@ import torch
 import dial
 import eval as evaluation
 import runfolder
+import settings
 import train
 
 FAST = ["--max-steps", "3", "--eval-rows", "24", "--eval-batch", "8", "--lora-r", "8", "--lora-alpha", "8"]
@@ -150,7 +151,7 @@ def test_killed_save_leaves_the_previous_state(tmp_path, monkeypatch):
 def test_bad_input_gets_one_sentence(tmp_path, custom_files):
     with pytest.raises(SystemExit, match="unknown task 'oddoneout-desert-fruits'; did you mean"):
         train.main(["--task", "oddoneout-desert-fruits"])
-    with pytest.raises(SystemExit, match="checkpoints/nowhere not found: download Gemma-2b with `hf download"):
+    with pytest.raises(SystemExit, match="the base model .*checkpoints/nowhere is not there: fetch Gemma 3 270M"):
         train.main(["--task", "oddoneout-fruits-sauces", "--model", "checkpoints/nowhere", "--out", str(tmp_path)])
     for flag, value, says in (("--lr", "-1", "--lr must be a positive finite number, got -1.0"), ("--batch-src", "0", "at least 1"),
                               ("--lam", "-0.5", "--lam must be a finite number, not negative"), ("--accum", "3", "must divide")):
@@ -219,7 +220,7 @@ def test_tgt_pref_runs_epochs_of_the_target_on_the_papers_essay_schedule(tmp_pat
         (essays / f"{name}.json").write_text(json.dumps([{"text": f"{name} {i}", "label": x} for i, x in enumerate(labels)]))
     schedule = {}
     for method in ("tgt-pref", "src-tgt-pref", "dial", "src-pref"):
-        cfg, task = train.resolve(train.parse_args(["--task", "essays-short2long", "--method", method, "--data-dir",
+        cfg, task = settings.resolve(settings.parse_args(["--task", "essays-short2long", "--method", method, "--data-dir",
                                                     str(tmp_path / "data"), "--model", "tiny"]))
         schedule[method] = (cfg["epochs"], cfg["batch_src"], cfg["batch_tgt"])
     assert schedule == {"tgt-pref": (2, 4, 8), "src-tgt-pref": (10, 4, 4), "dial": (10, 4, 4), "src-pref": (10, 32, 4)}
