@@ -21,7 +21,7 @@ EXPECTED = (OSError, ValueError, FloatingPointError)
 RUN = None  # the folder of the run in progress, set by the command as soon as it knows it: its error.log
 
 
-def one_line(e, limit=1000):
+def one_line(e, limit=2000):
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
 

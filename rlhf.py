@@ -207,6 +207,10 @@ def evaluate(policy, tok, prompts, cfg, judge):
 
 
 def run(cfg):
+    """One RLHF run, written to its folder: the inputs checked, the reward model trained on the source pairs, then
+    each generation samples, judges, (DIAL) adapts the reward model to the fresh responses and runs a PPO epoch;
+    held-out greedy evaluations; adapters, summary and plot saved. Returns the summary. Long because it is appendix
+    A.8's loop read top to bottom, with its state (two models, three optimisers, the curves) in one place."""
     out, method, t0 = cfg["out"], cfg["method"], time.time()
     if os.path.exists(os.path.join(out, "summary.json")):
         raise FileExistsError(f"{out} already holds a finished run: choose another --out")

@@ -349,11 +349,10 @@ def model_missing(model):
     """One sentence when --model names no checkpoint folder, with how to get one; None when it does (or is 'tiny')."""
     if model == "tiny" or os.path.isdir(model):
         return None
-    return (f"the base model {model} is not there: fetch Gemma 3 270M with `python gemma.py fetch gemma-3-270m` "
-            "(no hub account; pip install gguf==0.19.0 first) and give --model checkpoints/gemma-3-270m, or download "
-            f"Gemma-2b, the paper's, with `pip install huggingface_hub` and `hf download google/gemma-2b --local-dir "
-            f"{model}` (accept its licence on the hub and `hf auth login` first), or use --model tiny (a random model: "
-            "a test of the plumbing)")
+    return (f"the base model {model} is not there: `python gemma.py fetch gemma-3-270m` gets Gemma 3 270M, no hub "
+            "account needed (`pip install gguf==0.19.0` first; then --model checkpoints/gemma-3-270m); the paper's "
+            "Gemma-2b: accept its licence on the hub, `pip install huggingface_hub`, `hf auth login`, `hf download "
+            f"google/gemma-2b --local-dir {model}`; --model tiny: a random model, to test the plumbing")
 
 
 def make_tiny(folder, texts, vocab_size, seed):

@@ -24,6 +24,7 @@ import tasks
 from processes import world
 
 def parser():
+    """train.py's flags, grouped as --help shows them. Long because it is the list of every flag, one per line."""
     p = argparse.ArgumentParser(
         prog="python train.py", formatter_class=argparse.RawTextHelpFormatter,
         description="Train a reward model with DIAL or a baseline on one task of the paper, and evaluate it.\n"
@@ -276,11 +277,17 @@ def show_config(args):
 
 
 def summary(cfg, args):
-    """The lines a fresh run prints at its start: the settings the task decided, and where each comes from."""
+    """The line a fresh run prints at its start: the settings the task decides and the metric, grouped by where they
+    come from (a flag, the task's family, the paper's general settings)."""
     decided = tasks.task_defaults(tasks.task_spec(args.task), args.method)
-    parts = [f"{key} {cfg[key]} ({'flag' if key in args.given else decided[key][1]})" for key in decided]
-    parts.append(f"metric {cfg['metric']} ({'flag' if 'metric' in args.given else 'the task'})")
-    return f"{cfg['task']} {cfg['method']}, settings: " + "; ".join(parts) + " (all: --show-config)"
+    decided["metric"] = (cfg["metric"], "the task's metric" if tasks.task_spec(args.task)["metric"] else
+                         "the metric of the evaluation rows' kind")
+    groups = {}
+    for key, (_, where) in decided.items():
+        groups.setdefault("flags" if key in args.given else where, []).append(f"{key} {cfg[key]}")
+    return f"{cfg['task']} {cfg['method']}: " + "; ".join(f"{', '.join(items)} ({where})"
+                                                           for where, items in groups.items()) + \
+        " (every setting and its source: --show-config)"
 
 
 CHANGE_ON_RESUME = ("out", "resume", "show_config", "max_steps", "device", "lr")  # --lr: a deliberate override, logged

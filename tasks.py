@@ -193,12 +193,12 @@ def task_defaults(spec, method):
         if k in own:
             where = f"the task file {os.path.basename(spec['task_file'])}"
         elif k in FAMILY_DEFAULTS[family]:
-            where = f"the {family} tasks ({FAMILY_SOURCES[family]})"
+            where = f"the {family} tasks' settings, {FAMILY_SOURCES[family]}"
         else:
-            where = "the paper's general setting (appendix A, for Gemma-2b)"
+            where = "the paper's settings for Gemma-2b, appendix A"
         if k != key:
             where += ", for src-pref"
         out[setting] = (d[k], where)
         if method == "tgt-pref" and key in d["tgt_only"]:
-            out[setting] = (d["tgt_only"][key], f"the {family} tasks ({FAMILY_SOURCES[family]}), for tgt-pref")
+            out[setting] = (d["tgt_only"][key], f"the {family} tasks' settings, {FAMILY_SOURCES[family]}, for tgt-pref")
     return out

@@ -151,7 +151,7 @@ def test_killed_save_leaves_the_previous_state(tmp_path, monkeypatch):
 def test_bad_input_gets_one_sentence(tmp_path, custom_files):
     with pytest.raises(SystemExit, match="unknown task 'oddoneout-desert-fruits'; did you mean"):
         train.main(["--task", "oddoneout-desert-fruits"])
-    with pytest.raises(SystemExit, match="the base model .*checkpoints/nowhere is not there: fetch Gemma 3 270M"):
+    with pytest.raises(SystemExit, match="the base model .*checkpoints/nowhere is not there: `python gemma.py fetch gemma-3-270m` gets Gemma 3 270M"):
         train.main(["--task", "oddoneout-fruits-sauces", "--model", "checkpoints/nowhere", "--out", str(tmp_path)])
     for flag, value, says in (("--lr", "-1", "--lr must be a positive finite number, got -1.0"), ("--batch-src", "0", "at least 1"),
                               ("--lam", "-0.5", "--lam must be a finite number, not negative"), ("--accum", "3", "must divide")):
