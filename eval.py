@@ -283,10 +283,11 @@ def sweep(runs_dir, png):
             f, m, e, _ = zip(*pts)
             axes[0].errorbar(f, m, yerr=e, marker="o", capsize=3, label=f"DIAL, {total} rows in all")
     for (method, n_s), pts in sorted(points["scale"].items()):
-        if len(pts) > 1:
+        if len(pts) > 1:  # (open squares, dashed: the oracle stays visible where it lies on DIAL's line)
             n, m, e, _ = zip(*pts)
             label = ("DIAL (unlabelled target)" if method == "dial" else "Src-Tgt-Pref* (labelled target)")
-            axes[1].errorbar(n, m, yerr=e, marker="o", capsize=3, label=f"{label}, {n_s} source")
+            style = dict(marker="o", ls="-") if method == "dial" else dict(marker="s", ls="--", mfc="none", ms=9)
+            axes[1].errorbar(n, m, yerr=e, capsize=3, label=f"{label}, {n_s} source", **style)
     metric = " / ".join(sorted({m for _, m in task_metric}))
     axes[0].set(xlabel="target share of the data, n_tgt / (n_src + n_tgt)", ylabel=f"target test {metric}",
                 title="(a) source / target mix")
@@ -298,6 +299,7 @@ def sweep(runs_dir, png):
         ax.grid(alpha=0.3)
     fig.suptitle(", ".join(sorted({t for t, _ in task_metric})) + " (mean +- s.e. over seeds)", fontsize=9)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return points
@@ -378,6 +380,7 @@ def curves(run_dirs, png):
     fig.suptitle(f"{', '.join(map(str, tasks))}: training logs averaged over {max(1, len(runs[0][2]) // 50)} steps",
                  fontsize=10)
     fig.tight_layout()
+    os.makedirs(os.path.dirname(png) or ".", exist_ok=True)
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return drawn, labels
@@ -394,7 +397,7 @@ def main(argv=None):
                    "train.py --save-embeddings (tsne.py)")
     p.add_argument("--curves", nargs="+", metavar="RUN_DIR", help="the training logs of runs over steps: validation, "
                    "BT, W, GP, the critic's gradient norm, embedding norms, W's share of the gradient")
-    p.add_argument("-o", "--output", help="the PNG of --sweep (default fig4.png), --curves (default curves.png) or "
+    p.add_argument("-o", "--output", help="the PNG of --sweep (default runs/fig4.png), --curves (runs/curves.png) or "
                    "--tsne (default RUN_DIR/tsne.png; required for several runs)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -405,13 +408,13 @@ def main(argv=None):
             print(table(args.table))
             return
         if args.sweep:
-            output = args.output or "fig4.png"
+            output = args.output or os.path.join("runs", "fig4.png")
             for panel, lines in sweep(args.sweep, output).items():
                 for key, pts in lines.items():
                     print(panel, key, [(round(float(x), 3), round(float(m), 4), n) for x, m, _, n in pts])
             print(f"wrote {output}")
         if args.curves:
-            output = args.output or "curves.png"
+            output = args.output or os.path.join("runs", "curves.png")
             for run, label in curves(args.curves, output)[1].items():
                 print(f"{label}: {run}")
             print(f"wrote {output}")

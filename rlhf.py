@@ -3,7 +3,7 @@ RLHF with a DIAL-adapted reward model (paper section 3.8, Fig. 6, appendix A.8):
 
     python rlhf.py --model tiny --method dial --generations 4        # offline, CPU, minutes
     python rlhf.py --model checkpoints/gemma-3-270m --method src-pref --seed 0   # the paper's settings, a GPU
-    python rlhf.py --plot runs/rlhf -o assets/rlhf.png               # Fig. 6 from several run folders
+    python rlhf.py --plot runs/rlhf -o runs/rlhf.png                 # Fig. 6 from several run folders
 
 The loop (appendix A.8; the authors' full_rl.py): train the reward model with Bradley-Terry on labelled pairs; then
 each generation samples one response per training prompt from the current policy, judges them (the true reward,
@@ -352,7 +352,7 @@ def parse_args(argv=None):
     a("--seed", type=int, default=0)
     a("--out", help="run folder (default runs/rlhf/<method>/seed<S>)")
     a("--plot", nargs="+", metavar="RUNS", help="only draw Fig. 6 from the run folders in or below RUNS")
-    a("-o", "--plot-out", default="assets/rlhf.png", help="the PNG --plot writes")
+    a("-o", "--plot-out", default="runs/rlhf.png", help="the PNG --plot writes (the README's figure: -o assets/...)")
     a("--judge", default="string-match", help="'string-match', or module:function(prompts, responses) -> refused")
     a("--data", default=xstest.XSTEST, help="folder with XSTest's CSV files")
     a("--data-seed", type=int, default=0, help="seed of the train / held-out prompt split")

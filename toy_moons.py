@@ -22,7 +22,8 @@ What is subtle (what it took for DIAL to win, and what makes it lose):
   instead of 0.96);
 - the reward head starts at std D^-1/2, not 0.02 (see build).
 
-Run: python toy_moons.py  (writes assets/toy_moons.png, prints the table; --help lists the knobs)
+Run: python toy_moons.py  (writes runs/toy_moons.png, prints the table; --help lists the knobs; the README's
+figure: --out assets/toy_moons.png)
 """
 import argparse
 import json
@@ -189,7 +190,8 @@ def main(argv=None):
     p.add_argument("--critic-lr", type=float, default=1e-3, help="critic AdamW learning rate (the paper's: 1e-4)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs in parallel processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run: one is fastest for tiny matrices")
-    p.add_argument("--out", default="assets/toy_moons.png", help="figure path (seed 0, Src-Pref and DIAL)")
+    p.add_argument("--out", default="runs/toy_moons.png", help="figure path (seed 0, Src-Pref and DIAL); the README's "
+                   "figure is rewritten only when asked: --out assets/toy_moons.png")
     p.add_argument("--json", help="also write {method: [target accuracy per seed]} to this path")
     args = p.parse_args(argv)
     for name in ("seeds", "steps", "shots", "n_target", "tgt_batch", "dim", "width", "workers", "threads"):

@@ -96,3 +96,16 @@ def test_help_costs_little_more_than_importing_torch():
     torch_s = fastest([sys.executable, "-c", "import torch"])
     help_s = fastest([sys.executable, "train.py", "--help"])
     assert help_s < 1.5 * torch_s + 0.5, (help_s, torch_s)  # measured: 1.0x to 1.1x on 2 shared CPU cores
+
+
+def test_scripts_write_under_runs_by_default():
+    """A committed picture (assets/) is rewritten only when a command names it: every output path a flag defaults to
+    lies under runs/."""
+    defaults = []
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, ast.keyword) and node.arg == "default" and isinstance(node.value, ast.Constant) \
+                    and isinstance(node.value.value, str) and node.value.value.endswith((".png", ".json", ".jsonl")):
+                defaults.append((os.path.basename(path), node.value.value))
+    assert ("toy_moons.py", "runs/toy_moons.png") in defaults and ("rlhf.py", "runs/rlhf.png") in defaults
+    assert all(d.startswith("runs/") for _, d in defaults), defaults
