@@ -107,15 +107,17 @@ def queries(tok, prompts, max_len):
 def sample(gemma, tok, qs, cfg, temperature, generator, desc):
     """One response per query: ids up to and including the stop token (or response_len tokens), and their text."""
     ids_out, texts, stop, mode = [], [], stop_id(tok), gemma.training
+    ends = {stop} | ({tok.eos_id} if isinstance(tok.eos_id, int) else set(tok.eos_id))  # (an eos may be a set of ids)
     gemma.eval()  # no LoRA dropout while sampling: greedy evaluation stays deterministic
     for k in tqdm(range(0, len(qs), cfg["gen_batch"]), desc=desc, leave=False):
         ids, mask = pad(qs[k:k + cfg["gen_batch"]], tok.pad_id, "left")
         seq = gemma.generate(ids.to(cfg["device"]), mask.to(cfg["device"]), max_new_tokens=cfg["response_len"],
                              temperature=temperature, top_p=1.0, eos_id=stop, generator=generator)
         for row in seq[:, ids.shape[1]:].tolist():
-            row = row[:row.index(stop) + 1] if stop in row else row
+            end = next((i for i, t in enumerate(row) if t in ends), None)
+            row = row if end is None else row[:end + 1]  # up to and including the first end of turn or <eos>
             ids_out.append(row)
-            texts.append(tok.decode([i for i in row if i not in (stop, tok.eos_id)]))
+            texts.append(tok.decode([i for i in row if i not in ends]))
     gemma.train(mode)
     return ids_out, texts
 
