@@ -1,6 +1,7 @@
 """
 The prompted baselines, which train nothing (the paper's "Base LM" of Tables 1-4 and "Few-shot LM" of Tables 3, 7),
-run as the authors' evaluation script ran them (scripts/eval/sglang_baseline.py; ../shared/reference/prompted_baselines.md):
+run as the authors' evaluation script ran them (scripts/eval/sglang_baseline.py; see
+../shared/reference/prompted_baselines.md):
 
     python train.py --task oddoneout-desserts-fruits --method base-lm --model checkpoints/gemma-3-270m --eval-rows 40
     python train.py --task cvalues-fewshot-a --method few-shot-lm          # 10 labelled source examples in context
@@ -32,7 +33,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import data
 import dial
 import formats
 import runfolder
@@ -63,8 +63,9 @@ QUESTIONS = {
                         "Final Answer:", "Determine which of two texts expresses a more positive sentiment. "
                                          "Here are some examples:"),
     "sentiment-scores": ("Score the sentiment of the following text on a scale of 1 (very negative) to 6 (very "
-                         "positive).\n{text}", "Final Score:", "Score the sentiment of a given text on a scale of 1 "
-                                                               "(very negative) to 6 (very positive). Here are some examples:"),
+                         "positive).\n{text}", "Final Score:",
+                         "Score the sentiment of a given text on a scale of 1 (very negative) to 6 (very positive). "
+                         "Here are some examples:"),
     "pairs": ("Given the prompt {prompt}, which of the following responses is better?\nA: {a}\nB: {b}",
               "Final Answer:", "Determine which response to a given prompt is better. Here are some examples:"),
     "scores": ("Score the following text on a scale of 1 (poor) to 6 (great).\n{text}", "Final Score:",
@@ -111,7 +112,8 @@ def shot_rows(task, kind):
     if kind == "scores" and source and all("score_chosen" in r and "score_rejected" in r for r in source):
         return [{"text": r[f"response_{s}"], "label": r[f"score_{s}"]} for r in source for s in ("chosen", "rejected")]
     raise ValueError(f"--method few-shot-lm: task '{task['name']}' has {task['kind']} source rows without scores but "
-                     f"asks about {kind} rows, so its source examples cannot be shown as answered questions; use base-lm")
+                     f"asks about {kind} rows, so its source examples cannot be shown as answered questions; "
+                     "use base-lm")
 
 
 def choose_shots(rows, n, seed):
@@ -200,7 +202,8 @@ def think_and_answer(gemma, prefix, n_prefix, questions, head, options, think, s
     ll = torch.zeros(B, K, dtype=torch.float64)
     for k in range(K):
         toks = [o[k] for o in options]
-        ll[:, k] = first[torch.arange(B, device=device), torch.tensor([t[0] for t in toks], device=device)].double().cpu()
+        heads = torch.tensor([t[0] for t in toks], device=device)
+        ll[:, k] = first[torch.arange(B, device=device), heads].double().cpu()
         if max(map(len, toks)) > 1:  # the rest of a multi-token answer, after its first tokens
             rest, m = pad([t[:-1] for t in toks], pad_id, "right")
             lp = torch.log_softmax(gemma.logits(gemma(rest.to(device), torch.cat([mask, m.to(device)], 1),
@@ -324,7 +327,8 @@ def run(cfg, task, resume=False):
     import train  # (train.py imports this file only when it runs a prompted method)
     out = cfg["out"]
     if resume:
-        raise ValueError(f"--resume: a prompted baseline ({cfg['method']}) trains nothing and has no state to continue; "
+        raise ValueError(f"--resume: a prompted baseline ({cfg['method']}) trains nothing and has no state to "
+                         "continue; "
                          f"run it again with another --out, or delete {out}")
     with runfolder.owned(out):
         runfolder.start_fresh(out)

@@ -450,7 +450,8 @@ def resolve(args):
     if cfg["halve_every"] is None:
         cfg["halve_every"] = 5 if args.method == "dial" else 0
     cfg["out"] = cfg["out"] or os.path.join("runs", "rlhf", arm(cfg), f"seed{args.seed}")
-    for key in ("batch", "lora_r", "gen_batch", "query_len", "response_len", "reward_len", "ppo_epochs", "mini_batches"):
+    for key in ("batch", "lora_r", "gen_batch", "query_len", "response_len", "reward_len", "ppo_epochs",
+                "mini_batches"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     for key in ("generations", "reward_epochs", "halve_every", "eval_every", "pretrain_steps"):

@@ -205,16 +205,16 @@ def judge_report(judge, spec="string-match", folder=XSTEST, seed=0):
 
 def main(argv=None):
     import argparse
-    p = argparse.ArgumentParser(description="The refusal judge against XSTest's human labels: its phrases chosen on one "
-                                            "half of the prompts' completions, measured on the other.")
+    p = argparse.ArgumentParser(description="The refusal judge against XSTest's human labels: its phrases chosen "
+                                            "on one half of the prompts' completions, measured on the other.")
     p.add_argument("--seed", type=int, default=0, help="seed of the fitting / held-out split")
     p.add_argument("--data", default=XSTEST, help="folder with XSTest's CSV files")
     args = p.parse_args(argv)
     fit, held = split_completions(load_xstest(args.data)[1], args.seed)
     phrases = choose_phrases(fit)
     external = choose_phrases(fit, set(XSTEST_PREFIXES) | set(GCG_PREFIXES))
-    print(f"{len(phrases)} of {len(CANDIDATES)} candidate phrases chosen on the fitting half ({len(fit)} completions of "
-          f"{len(fit) // 2} prompts): {', '.join(phrases)}")
+    print(f"{len(phrases)} of {len(CANDIDATES)} candidate phrases chosen on the fitting half ({len(fit)} "
+          f"completions of {len(fit) // 2} prompts): {', '.join(phrases)}")
     print("| judge | half | n | accuracy | refusal recall (refusals) | compliance recall (compliances) |\n"
           "| --- | --- | --- | --- | --- | --- |")
     for name, j in (("string match (the default judge)", lambda q, r: string_match_judge(q, r, phrases)),

@@ -19,9 +19,9 @@ PAIR = {"prompt": "Is it legal?", "response_chosen": "Ask a lawyer.", "response_
 
 def test_questions_are_the_authors():
     text, options, right = prompted.question("reddit", "pairs", PAIR, flip=False)
-    assert text == ("Given the Reddit question Is it legal?, which of the following responses is likely to receive more "
-                    "upvotes (i.e. is likely to be deemed more helpful by the Reddit community)?\nA: Ask a lawyer.\n"
-                    "B: Yes.") and options == ["A", "B"] and right == "A"
+    assert text == ("Given the Reddit question Is it legal?, which of the following responses is likely to receive "
+                    "more upvotes (i.e. is likely to be deemed more helpful by the Reddit community)?\nA: Ask a "
+                    "lawyer.\nB: Yes.") and options == ["A", "B"] and right == "A"
     text, _, right = prompted.question("safety", "pairs", PAIR, flip=True)
     assert text.endswith("safer and more harmless?\nA: Yes.\nB: Ask a lawyer.") and right == "B"
     row = data.oddoneout_rows("fruits", "val", n=1)[0]

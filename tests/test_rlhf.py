@@ -1,5 +1,6 @@
-"""rlhf.py, ppo.py and xstest.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny model, the
-XSTest data and judge against the human labels, and (once Gemma.generate exists) a whole two-generation run."""
+"""rlhf.py, ppo.py and xstest.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny
+model, a PPO epoch (clipping, the dropped remainder, NaN refused), the XSTest data and the judge measured out of
+sample, the reward budget, and a whole two-generation run with the defaults."""
 import json
 import os
 import random
@@ -194,7 +195,8 @@ def test_reward_budget_of_both_methods():
     cfg = {"batch": 8, "reward_epochs": 1, "generations": 20}
     # 70 pairs: 9 steps before PPO; 225 fresh responses a generation: 29 steps each for dial
     assert rlhf.reward_budget(cfg, 70, 225, 0) == {"batch": 8, "src-pref": 9, "dial": 9 + 20 * 29, "this_run": 0}
-    assert rlhf.arm({"method": "dial", "lam": 0.0}) == "dial-lam0" and rlhf.arm({"method": "dial", "lam": 0.01}) == "dial"
+    assert rlhf.arm({"method": "dial", "lam": 0.0}) == "dial-lam0"
+    assert rlhf.arm({"method": "dial", "lam": 0.01}) == "dial"
     with pytest.raises(ValueError, match="--mini-batches 3 must divide --batch 8"):
         rlhf.resolve(rlhf.parse_args(["--mini-batches", "3"]))
     assert rlhf.resolve(rlhf.parse_args([]))["ppo_epochs"] == 4  # TRL's default
