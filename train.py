@@ -112,8 +112,9 @@ def parser():
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
     g = p.add_argument_group("prompted baselines (--method base-lm, few-shot-lm: prompted.py)")
-    g.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per question (chain of thought)")
-    g.add_argument("--shots", type=int, default=3, help="few-shot-lm: labelled source examples before each question")
+    g.add_argument("--gen-tokens", type=int, default=100, help="chain of thought: at most N tokens, up to a newline")
+    g.add_argument("--shots", type=int, default=10, help="few-shot-lm: labelled source examples before each question")
+    g.add_argument("--context", type=int, help="tokens per question, examples dropped to fit (default: the model's)")
     return p
 
 
@@ -136,7 +137,7 @@ def parse_args(argv=None):
 # the checks of every numeric flag: (flags, test, what the flag must be)
 FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
-            "eval_rows", "n_source", "n_target", "gen_tokens", "shots"), lambda v: v >= 1, "at least 1"),
+            "eval_rows", "n_source", "n_target", "gen_tokens", "shots", "context"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
