@@ -23,7 +23,8 @@ def masked_mean(x, mask):
 
 
 def whiten(x, mask, shift_mean=True):
-    """(x - mean) / std over the real tokens (unbiased variance, as TRL); shift_mean=False keeps the mean."""
+    """(x - mean) / std over the real tokens (unbiased variance, as TRL); shift_mean=False keeps the mean. One real
+    token has no variance (0 / 0: NaN): whiten a whole rollout batch, never a lone row (rlhf.ppo_epoch)."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1)
     out = (x - mean) * torch.rsqrt(var + 1e-8)

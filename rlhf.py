@@ -17,14 +17,22 @@ completions of training prompts that have one full compliance and one full refus
 The true reward is 1 when the judge's verdict (refused or not) is the right action for the prompt: by default a
 string-match judge (xstest.py); --judge module:function plugs in another (e.g. an LLM judge on a GPU).
 
-PPO is TRL's PPOv2 as the authors ran it (the arithmetic is in ppo.py): a LoRA policy; the reference policy is the
-same model with the adapter switched off (lora.disabled_lora: no second copy); a value head on the policy's final
-hidden states; per-token reward -0.05 KL with the score at the last response token; GAE (gamma 1, lambda 0.95);
-whitened advantages; clipped policy and value losses; loss = pg + 0.1 vf. Differences from the authors' run: the
-value head shares the policy's trunk (they ran a second LoRA model), and the score lands on the last response token
-rather than one past it (TRL's layout), so that the return is the score itself at gamma = 1.
+PPO is TRL's PPOv2 with its defaults, as the paper says ("all other default parameters from TRL"; the arithmetic is
+in ppo.py): a LoRA policy; the reference policy is the same model with the adapter switched off
+(lora.disabled_lora: no second copy); a value head on the policy's final hidden states; per-token reward -0.05 KL
+with the score at the last response token; GAE (gamma 1, lambda 0.95); advantages whitened over each rollout batch
+of 8; 4 passes over it (num_ppo_epochs) in 1 minibatch (num_mini_batches), so that from the second update on the
+ratio departs from 1 and the clipped policy and value losses act; loss = pg + 0.1 vf; a last partial rollout batch
+is dropped (TRL's drop_last). Differences from the authors' run: they made one pass (the ratio stayed 1: REINFORCE
+with a baseline); the value head shares the policy's trunk (they ran a second LoRA model); the score lands on the
+last response token rather than one past it (TRL's layout), so that the return is the score itself at gamma = 1.
 
-One run = one folder (default runs/rlhf/<method>/seed<S>): config.json, metrics.jsonl (per generation: true reward
+The reward model's training differs between the methods, as in the paper (DIAL's is the only difference, A.8):
+Src-Pref's trains only before PPO, DIAL's one more epoch every generation. `--method dial --lam 0` (the arm
+"dial-lam0") trains exactly as DIAL without the alignment term, which separates the two effects; summary.json gives
+each method's budget in Bradley-Terry steps.
+
+One run = one folder (default runs/rlhf/<arm>/seed<S>): config.json, metrics.jsonl (per generation: true reward
 of the sampled responses, reward-model and PPO logs; held-out greedy evaluations), policy/ (PEFT adapter, with the
 value head in value_head.safetensors), reward/ (PEFT adapter with the score head), summary.json, rlhf.png.
 """
@@ -135,12 +143,16 @@ def reward_epoch(rm, src, tgt, method, opt, critic_opt, hp, gp_rng, cfg, step):
     return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}, step
 
 
-def ppo_epoch(policy, rm, tok, prompts, qs, responses, texts, opt, cfg, rng):
-    """One epoch of PPO over the sampled (query, response) pairs, batch by batch: rollout quantities from the
-    current policy, then cfg['ppo_epochs'] clipped updates on them. Returns the mean logs."""
-    logs, order, dev = [], rng.sample(range(len(qs)), len(qs)), cfg["device"]
-    for k in tqdm(range(0, len(order), cfg["batch"]), desc="PPO", leave=False):
-        idx = order[k:k + cfg["batch"]]
+def ppo_epoch(policy, rm, tok, prompts, qs, responses, texts, opt, cfg, rng, generation):
+    """One epoch of PPO over the sampled (query, response) pairs, as TRL's PPOv2 loop: rollout batches of
+    cfg['batch'] pairs (a last partial batch is dropped, as TRL's drop_last; the shuffle drops other pairs each
+    generation); for each, the rollout quantities from the current policy, advantages whitened over the whole rollout
+    batch, then cfg['ppo_epochs'] passes over it in cfg['mini_batches'] shuffled minibatches, one clipped update each:
+    from the second update on the policy has moved, the ratio departs from 1 and the clipping acts. Mean logs."""
+    B, logs, dev = cfg["batch"], [], cfg["device"]
+    order = rng.sample(range(len(qs)), len(qs))
+    for k in tqdm(range(0, len(order) - B + 1, B), desc="PPO", leave=False):
+        idx = order[k:k + B]
         q_ids, q_mask = pad([qs[i] for i in idx], tok.pad_id, "left")
         r_ids, r_mask = pad([responses[i] for i in idx], tok.pad_id, "right")  # >= 1 token each
         batch = [x.to(dev) for x in (q_ids, q_mask, r_ids, r_mask)]
@@ -153,16 +165,29 @@ def ppo_epoch(policy, rm, tok, prompts, qs, responses, texts, opt, cfg, rng):
             rewards = ppo.token_rewards(old_logp, ref, score, m, cfg["kl_coef"])
             adv, ret = ppo.gae(rewards, old_v, m, cfg["gamma"], cfg["lam_gae"])
             adv = ppo.whiten(adv, m)
+        if not (torch.isfinite(adv).all() and torch.isfinite(ret).all()):
+            raise FloatingPointError(f"PPO, generation {generation}, rollout batch {k // B}: non-finite advantages or "
+                                     f"returns (reward-model scores {[round(x, 3) for x in score.tolist()]}, "
+                                     f"{int(m.sum())} response tokens); no update made with them")
+        updates = []
         for _ in range(cfg["ppo_epochs"]):
-            logp, v = policy(*batch, temperature=cfg["temperature"])
-            loss, out = ppo.ppo_loss(logp, old_logp, v, old_v, adv, ret, m, cfg["clip"], cfg["vf_clip"], cfg["vf_coef"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            perm = torch.tensor(rng.sample(range(B), B))
+            for mb in perm.to(dev).chunk(cfg["mini_batches"]):
+                sub = [x[mb] for x in batch]
+                logp, v = policy(*sub, temperature=cfg["temperature"])
+                loss, out = ppo.ppo_loss(logp, old_logp[mb], v, old_v[mb], adv[mb], ret[mb], m[mb], cfg["clip"],
+                                         cfg["vf_clip"], cfg["vf_coef"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                updates.append({"loss": loss.item(), **{name: x.item() for name, x in out.items()}})
         kl = (ppo.kl_per_token(old_logp, ref) * m).sum(1).mean()  # per sequence, as TRL logs it
-        logs.append({"loss": loss.item(), **{k: v.item() for k, v in out.items()}, "kl": kl.item(),
-                     "score": score.mean().item()})
-    return {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}
+        logs.append({**{k: float(np.mean([u[k] for u in updates])) for k in updates[0]},
+                     "clipfrac_max": max(u["clipfrac"] for u in updates), "kl": kl.item(), "score": score.mean().item(),
+                     "updates": len(updates)})
+    out = {k: float(np.mean([lg[k] for lg in logs])) for k in logs[0]}
+    return {**out, "clipfrac_max": max(lg["clipfrac_max"] for lg in logs), "updates": sum(lg["updates"] for lg in logs),
+            "pairs_dropped": len(order) % B}
 
 # -----------------------------------------------------------------------------
 # the run
@@ -206,6 +231,21 @@ def evaluate(policy, tok, prompts, cfg, judge):
     return float(xstest.true_rewards(judge, prompts, texts).mean()), texts
 
 
+def arm(cfg):
+    """The curve a run belongs to in Fig. 6: its method, or "dial-lam0" for DIAL's reward training with lam 0 (the
+    same extra Bradley-Terry steps and schedule as DIAL, no alignment: it separates the two)."""
+    return "dial-lam0" if cfg["method"] == "dial" and cfg["lam"] == 0 else cfg["method"]
+
+
+def reward_budget(cfg, n_src, n_prompts, steps):
+    """The reward model's training of each method in Bradley-Terry steps of cfg['batch'] pairs: src-pref trains only
+    before PPO; dial (and dial-lam0) also one epoch per generation over max(source pairs, fresh responses)."""
+    before = cfg["reward_epochs"] * math.ceil(n_src / cfg["batch"])
+    per_generation = max(math.ceil(n_src / cfg["batch"]), math.ceil(n_prompts / cfg["batch"]))
+    return {"batch": cfg["batch"], "src-pref": before, "dial": before + cfg["generations"] * per_generation,
+            "this_run": steps}
+
+
 def run(cfg):
     """One RLHF run, written to its folder: the inputs checked, the reward model trained on the source pairs, then
     each generation samples, judges, (DIAL) adapts the reward model to the fresh responses and runs a PPO epoch;
@@ -224,6 +264,9 @@ def run(cfg):
     if not pairs:
         raise ValueError(f"no training prompt has a labelled compliance and refusal: raise --max-prompts "
                          f"({cfg['max_prompts']})")
+    if len(train) < cfg["batch"]:
+        raise ValueError(f"--batch {cfg['batch']} is more than the {len(train)} training prompts: PPO would have no "
+                         "full rollout batch; lower --batch or raise --max-prompts")
     os.makedirs(out, exist_ok=True)  # every input checked: now the run folder
     write_json(os.path.join(out, "config.json"), cfg)
     folder = cfg["model"]
@@ -262,7 +305,7 @@ def run(cfg):
             tgt = rm_examples(tok, train, texts, cfg["reward_len"])
             rm_logs, step = reward_epoch(rm, src, tgt, "dial", rm_opt, critic_opt, hp, gp_rng, cfg, step)
             record["reward_model"] = rm_logs
-        record["ppo"] = ppo_epoch(policy, rm, tok, train, qs, responses, texts, opt, cfg, rng)
+        record["ppo"] = ppo_epoch(policy, rm, tok, train, qs, responses, texts, opt, cfg, rng, g + 1)
         write(record)
         train_curve.append(record["true_reward"])
         if cfg["halve_every"] and (g + 1) % cfg["halve_every"] == 0:  # the paper's schedule for dial
@@ -282,10 +325,12 @@ def run(cfg):
     vh = {k: v.contiguous().cpu() for k, v in policy.value_head.state_dict().items()}
     write_atomically(os.path.join(out, "policy", "value_head.safetensors"), lambda tmp: save_file(vh, tmp))
     save_adapter(rm.backbone.gemma, os.path.join(out, "reward"), {"score": rm.head}, base_model_name_or_path=base_name)
-    summary = {"method": method, "seed": cfg["seed"], "generations": cfg["generations"], "train_prompts": len(train),
-               "eval_prompts": len(held), "source_pairs": len(pairs), "train_true_reward": train_curve,
-               "eval_true_reward": eval_curve, "final_eval_true_reward": eval_curve[-1][1],
-               "judge_accuracy": xstest.judge_accuracy(judge, completions), "wall_s": round(time.time() - t0, 1)}
+    summary = {"method": method, "arm": arm(cfg), "seed": cfg["seed"], "generations": cfg["generations"],
+               "train_prompts": len(train), "eval_prompts": len(held), "source_pairs": len(pairs),
+               "train_true_reward": train_curve, "eval_true_reward": eval_curve,
+               "final_eval_true_reward": eval_curve[-1][1], "reward_training": reward_budget(cfg, len(src), len(train),
+                                                                                             step),
+               "judge": xstest.judge_report(judge, cfg["judge"], cfg["data"]), "wall_s": round(time.time() - t0, 1)}
     write_json(os.path.join(out, "summary.json"), summary)
     plot([out], os.path.join(out, "rlhf.png"))
     print(f"rlhf {method} seed {cfg['seed']}: true reward, training {train_curve[0] if train_curve else float('nan'):.3f}"
@@ -311,7 +356,7 @@ def plot(folders, path):
     for f in files:
         with open(f) as fh:
             s = json.load(fh)
-        runs.setdefault(s["method"], []).append(s)
+        runs.setdefault(s.get("arm", s["method"]), []).append(s)
 
     def band(ax, x, ys, label):
         ys = np.array(ys)
@@ -321,8 +366,10 @@ def plot(folders, path):
         ax.fill_between(x, m - se, m + se, alpha=0.25)
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, ss in sorted(runs.items(), key=lambda kv: kv[0] != "src-pref"):
-        name = {"src-pref": "PPO, Src-Pref reward", "dial": "PPO, DIAL reward"}.get(method, method)
+    for method, ss in sorted(runs.items(), key=lambda kv: ["src-pref", "dial-lam0", "dial"].index(kv[0])
+                             if kv[0] in ("src-pref", "dial-lam0", "dial") else 3):
+        name = {"src-pref": "PPO, Src-Pref reward", "dial": "PPO, DIAL reward",
+                "dial-lam0": "PPO, DIAL's reward training, lam 0"}.get(method, method)
         n = min(len(s["train_true_reward"]) for s in ss)
         if n:  # (a run of --generations 0 has only its evaluation)
             band(a, np.arange(1, n + 1), [s["train_true_reward"][:n] for s in ss], name)
@@ -347,7 +394,8 @@ def parse_args(argv=None):
     a = p.add_argument
     a("--model", default="tiny", help="Hugging Face checkpoint folder, or 'tiny' (a random tiny Gemma, briefly\n"
                                      "pre-trained on XSTest's completions, saved in <out>/base)")
-    a("--method", default="dial", choices=("src-pref", "dial"))
+    a("--method", default="dial", choices=("src-pref", "dial"),
+      help="dial with --lam 0: DIAL's reward training without alignment (the arm 'dial-lam0')")
     a("--generations", type=int, default=20, help="PPO epochs, each on freshly sampled responses (paper: 20)")
     a("--seed", type=int, default=0)
     a("--out", help="run folder (default runs/rlhf/<method>/seed<S>)")
@@ -376,7 +424,9 @@ def parse_args(argv=None):
     g.add_argument("--clip", type=float, default=0.2, help="policy ratio clip")
     g.add_argument("--vf-clip", type=float, default=0.2, help="value clip")
     g.add_argument("--vf-coef", type=float, default=0.1)
-    g.add_argument("--ppo-epochs", type=int, default=1, help="updates per rollout batch")
+    g.add_argument("--ppo-epochs", type=int, default=4, help="passes over each rollout batch (TRL's num_ppo_epochs)")
+    g.add_argument("--mini-batches", type=int, default=1, help="minibatches per pass, one update each (TRL's\n"
+                                                               "num_mini_batches); it must divide --batch")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature during training")
     g = p.add_argument_group("lengths and system")
     g.add_argument("--query-len", type=int, default=64, help="prompt tokens (the start of a long prompt is cut)")
@@ -396,8 +446,9 @@ def resolve(args):
         cfg[key] = value if cfg[key] is None else cfg[key]
     if cfg["halve_every"] is None:
         cfg["halve_every"] = 5 if args.method == "dial" else 0
-    cfg["out"] = cfg["out"] or os.path.join("runs", "rlhf", args.method, f"seed{args.seed}")
-    for key in ("batch", "lora_r", "gen_batch", "query_len", "response_len", "reward_len", "ppo_epochs"):
+    cfg["out"] = cfg["out"] or os.path.join("runs", "rlhf", arm(cfg), f"seed{args.seed}")
+    for key in ("batch", "lora_r", "gen_batch", "query_len", "response_len", "reward_len", "ppo_epochs",
+                "mini_batches"):
         if cfg[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be at least 1, got {cfg[key]}")
     for key in ("generations", "reward_epochs", "halve_every", "eval_every", "pretrain_steps"):
@@ -406,6 +457,8 @@ def resolve(args):
     for key in ("lr", "reward_lr", "temperature"):
         if cfg[key] <= 0:
             raise ValueError(f"--{key.replace('_', '-')} must be positive, got {cfg[key]}")
+    if cfg["batch"] % cfg["mini_batches"]:
+        raise ValueError(f"--mini-batches {cfg['mini_batches']} must divide --batch {cfg['batch']}")
     if cfg["max_prompts"] is not None and cfg["max_prompts"] < 2:
         raise ValueError(f"--max-prompts must be at least 2, got {cfg['max_prompts']}")
     return cfg

@@ -101,8 +101,9 @@ def parser():
     g.add_argument("--grad-checkpoint", action="store_true", help="activation checkpointing (less GPU memory)")
     g.add_argument("--tiny-vocab", type=int, default=1000, help="vocabulary of the tokenizer trained for --model tiny")
     g = p.add_argument_group("prompted baselines (--method base-lm, few-shot-lm: prompted.py)")
-    g.add_argument("--gen-tokens", type=int, default=256, help="tokens generated per question (chain of thought)")
-    g.add_argument("--shots", type=int, default=3, help="few-shot-lm: labelled source examples before each question")
+    g.add_argument("--gen-tokens", type=int, default=100, help="chain of thought: at most N tokens, up to a newline")
+    g.add_argument("--shots", type=int, default=10, help="few-shot-lm: labelled source examples before each question")
+    g.add_argument("--context", type=int, help="tokens per question, examples dropped to fit (default: the model's)")
     return p
 
 
@@ -125,7 +126,7 @@ def parse_args(argv=None):
 # the checks of every numeric flag: (flags, test, what the flag must be)
 FINITE = lambda v: math.isfinite(v) and abs(v) < 3e38  # noqa: E731  (and finite in float32, where it is used)
 CHECKS = ((("batch_src", "batch_tgt", "accum", "lora_r", "critic_iters", "eval_batch", "max_steps", "eval_every",
-            "eval_rows", "n_source", "n_target", "gen_tokens", "shots"), lambda v: v >= 1, "at least 1"),
+            "eval_rows", "n_source", "n_target", "gen_tokens", "shots", "context"), lambda v: v >= 1, "at least 1"),
           (("lr", "critic_lr", "epochs", "lora_alpha"), lambda v: FINITE(v) and v > 0, "a positive finite number"),
           (("lam", "lam_gp", "weight_decay", "critic_wd", "lm_weight"), lambda v: FINITE(v) and v >= 0,
            "a finite number, not negative"),
@@ -305,6 +306,7 @@ def resumed(args):
     if isinstance(saved, dict):
         saved.setdefault("critic_scale", "1")  # a run from before the flag: the paper's critic
         saved.setdefault("metric", None)  # a run from before the flag: the task's own metric
+        saved.setdefault("context", None)  # (a prompted baselines' flag; a trained run never reads it)
     types = {a.dest: a.type or (bool if a.const is True else str) for a in parser()._actions if a.dest != "help"}
     for key, t in types.items():
         if key in NOT_SETTINGS or key == "out":

@@ -1,101 +1,146 @@
-"""The prompted baselines (prompted.py): the strict parser, prompt construction (few-shot shows source examples and
-never a target label), failures counted as wrong answers, and end to end through train.py on a tiny random model."""
+"""The prompted baselines (prompted.py): the authors' questions, the chain of thought and constrained answer against
+greedy generation and an uncached forward pass, few-shot examples from the source only, whole examples dropped to fit
+the context, eval.py's tie rules, and end to end through train.py on a tiny random model."""
 import json
 import os
-import random
 
+import numpy as np
 import pytest
+import torch
 
 import data
 import eval as ev
 import prompted
 import train
+from gemma import Gemma, GemmaConfig
 
-ITEMS = ["Seville orange", "lychee", "clementine", "radicchio", "key lime"]
-
-
-@pytest.mark.parametrize("text,want", [
-    ("The first is longer.\nAnswer: A", "A"), ("Answer: B.", "B"), ("  Answer:   A  \nmore text", "A"),
-    ("reasoning\nAnswer: B\n\nPost:\nAnswer: A", "B"),  # the first answer line decides; later text is ignored
-    ("Answer: A or B", None), ("Answer: a", None), ("Answer: (A)", None), ("Answer: AB", None), ("Answer:", None),
-    ("The answer is A.", None), ("I think A\nB", None), ("", None), ("Answer: C\nAnswer: A", None),
-    ("Answer: **A**", None), ("Answer: A..", None)])
-def test_parse_pairs(text, want):
-    assert prompted.parse(text, "pairs") == want
+PAIR = {"prompt": "Is it legal?", "response_chosen": "Ask a lawyer.", "response_rejected": "Yes."}
 
 
-@pytest.mark.parametrize("text,want", [
-    ("Answer: radicchio", "radicchio"), ("Answer: Radicchio.", "radicchio"), ("Answer: seville orange", "Seville orange"),
-    ("Answer: radicchio, lychee", None), ("Answer: radic", None), ("Answer: radicchio is the odd one", None),
-    ("Answer: 4", None), ("radicchio", None), ("Answer: the radicchio", None)])
-def test_parse_mcq(text, want):
-    assert prompted.parse(text, "mcq", ITEMS) == want
-
-
-@pytest.mark.parametrize("text,want", [
-    ("Answer: 4", "4"), ("Answer: 1.", "1"), ("Answer: 6", "6"), ("Answer: 4.5", None), ("Answer: 7", None),
-    ("Answer: 0", None), ("Answer: 4/6", None), ("Answer: four", None), ("Answer: 3 or 4", None)])
-def test_parse_scores(text, want):
-    assert prompted.parse(text, "scores") == want
-
-
-def test_failures_are_wrong_answers():
-    rows = [{"prompt": "p", "response_chosen": "x", "response_rejected": "y"}] * 4
-    m = prompted.metrics("pairs", "pairwise", rows, ["A", "B", "A", "B"], ["A", "A", None, "B"])
-    assert m == {"acc": 0.5, "parse_failures": 0.25}  # right, wrong, failure (a loss, not a tie), right
-    mcq = [{"prompt": "", "correct": "radicchio", "wrong_a": "lychee", "wrong_b": "clementine",
-            "wrong_c": "key lime", "wrong_d": "Seville orange"}] * 3
-    m = prompted.metrics("mcq", "mcq", mcq, ["radicchio"] * 3, ["radicchio", "lychee", None])
-    assert m["acc"] == pytest.approx(1 / 3) and m["parse_failures"] == pytest.approx(1 / 3)
-    assert m["rank"] == pytest.approx((0 + 2.5 + 4) / 3)  # a failure ranks the correct item last
-    texts = [{"text": "t", "label": s} for s in (1, 2, 5, 6)]
-    m = prompted.metrics("scores", "correlation", texts, None, ["1", "3", None, "6"])
-    assert m["pearson"] == pytest.approx(ev.pearson([1, 3, 3.5, 6], [1, 2, 5, 6]))  # a failure: the middle, 3.5
-    assert m["parse_failures"] == 0.25
+def test_questions_are_the_authors():
+    text, options, right = prompted.question("reddit", "pairs", PAIR, flip=False)
+    assert text == ("Given the Reddit question Is it legal?, which of the following responses is likely to receive "
+                    "more upvotes (i.e. is likely to be deemed more helpful by the Reddit community)?\nA: Ask a "
+                    "lawyer.\nB: Yes.") and options == ["A", "B"] and right == "A"
+    text, _, right = prompted.question("safety", "pairs", PAIR, flip=True)
+    assert text.endswith("safer and more harmless?\nA: Yes.\nB: Ask a lawyer.") and right == "B"
+    row = data.oddoneout_rows("fruits", "val", n=1)[0]
+    text, options, right = prompted.question("ooo", "mcq", row, flip=False)  # the paper's A.6 prompt, the row's own
+    assert text.startswith("Identify the item that does not fit. Only output the name of the item as written and "
+                           "nothing else.\n\n") and text == row["prompt"].strip()
+    assert options == prompted.mcq_options(row) and right == row["correct"] == options[0]
+    text, options, right = prompted.question("essay", "scores", {"text": "An essay.", "label": 4}, False)
+    assert text.startswith("Score the following essay on a scale of 1 (poor) to 6 (great)") and right == "4"
+    assert options == list("123456")
+    task = {"family": "cross-lingual"}
+    assert prompted.style(task, "pairs") == "reddit" and prompted.style({"family": "few-shot"}, "pairs") == "safety"
+    assert prompted.style({"family": "sentiment"}, "scores") == "sentiment-scores"
 
 
 def test_pair_prompt_never_holds_the_label():
-    """The prompt of (chosen x, rejected y) shown flipped is the prompt of (chosen y, rejected x) shown unflipped:
-    what the model reads does not depend on which response is the chosen one, only the expected answer does."""
-    row = {"prompt": "Is it legal?", "response_chosen": "Ask a lawyer.", "response_rejected": "Yes."}
-    swapped = {**row, "response_chosen": row["response_rejected"], "response_rejected": row["response_chosen"]}
-    assert prompted.pair_body(row, True)[0] == prompted.pair_body(swapped, False)[0]
-    assert prompted.pair_body(row, True)[1] == "B" and prompted.pair_body(swapped, False)[1] == "A"
-    flips = [prompted.body("pairs", row, random.Random(f"val/0/{i}"))[1] for i in range(400)]
-    assert 0.4 < flips.count("A") / 400 < 0.6  # the chosen response is A about half the time
-
-
-def test_mcq_prompt_shows_the_items_in_a_random_order():
-    row = data.oddoneout_rows("desserts", "val", n=1)[0]
-    firsts = set()
-    for i in range(50):
-        text, answer = prompted.body("mcq", row, random.Random(i))
-        shown = text.split("Items: ")[1].strip().split(", ")
-        assert sorted(shown) == sorted(prompted.mcq_options(row)) and answer == row["correct"]
-        firsts.add(shown[0])
-    assert len(firsts) == 5  # the correct item (first of mcq_options) is not always first
+    """(chosen x, rejected y) shown flipped reads as (chosen y, rejected x) unflipped: only the right answer differs."""
+    swapped = {**PAIR, "response_chosen": PAIR["response_rejected"], "response_rejected": PAIR["response_chosen"]}
+    a, b = prompted.question("reddit", "pairs", PAIR, True), prompted.question("reddit", "pairs", swapped, False)
+    assert a[0] == b[0] and a[2] == "B" and b[2] == "A"
 
 
 def test_few_shot_shows_source_examples_and_their_answers_only():
     task = data.load_task("oddoneout-desserts-fruits")
-    cfg = {"method": "few-shot-lm", "shots": 3, "seed": 0}
-    context = prompted.context_for(cfg, task, "mcq", None)
-    shots = prompted.choose_shots(task["source"], 3, 0)
-    assert len(shots) == 3 and all(s in task["source"] for s in shots)
-    assert context.count("Answer: ") == 3
-    for s in shots:
-        assert f"Answer: {s['correct']}\n" in context  # the source's own labels
-    target = task["test"][0]
-    p, answer = prompted.build_prompt("mcq", target, random.Random(0), context)
-    assert p.startswith(prompted.ASK["mcq"] + context) and p.endswith(prompted.THINK)
-    assert f"Answer: {answer}" not in p  # the target's answer appears nowhere
-    base, _ = prompted.build_prompt("mcq", target, random.Random(0), prompted.context_for({**cfg, "method": "base-lm"},
-                                                                                      task, "mcq", None))
-    assert base == p.replace(context, "")
-    # a source repeated many times (CValues: 10 examples x 1000) gives distinct shots, the same for every seed's call
+    shots = prompted.choose_shots(prompted.shot_rows(task, "mcq"), 10, seed=0)
+    assert len(shots) == 10 and all(s in task["source"] for s in shots)
+    assert prompted.choose_shots(task["source"], 10, 0) != prompted.choose_shots(task["source"], 10, 1)  # seeded
+    texts = prompted.shot_texts("ooo", "mcq", shots, 0)
+    ctx = prompted.context("ooo", texts)
+    assert ctx.startswith("\nIdentify the item that does not fit. Here are some examples:\n\n") and ctx.endswith("\n\n")
+    for s, t in zip(shots, texts):
+        assert t.endswith(f"\nFinal Answer (only output the name of the item and nothing else): {s['correct']}")
+    target = {r["prompt"] for r in task["val"] + task["test"]}
+    assert not any(r["prompt"] in target for r in shots)  # no target question, so no target label
+    # scored texts asked about, pairs in the source (the sentiment tasks): the source's texts with their own scores
+    t = {"name": "t", "kind": "pairs", "source": [{"prompt": "p", "response_chosen": "good", "response_rejected": "bad",
+                                                   "score_chosen": 5, "score_rejected": 2}]}
+    assert prompted.shot_rows(t, "scores") == [{"text": "good", "label": 5}, {"text": "bad", "label": 2}]
+    with pytest.raises(ValueError, match="few-shot-lm: task 't' has pairs source rows without scores"):
+        prompted.shot_rows({**t, "source": [PAIR]}, "scores")
+    # a source repeated many times (CValues: 10 examples x 1000) gives distinct shots
     repeated = [{"prompt": f"q{i % 2}", "response_chosen": "a", "response_rejected": "b"} for i in range(100)]
     assert len(prompted.choose_shots(repeated, 5, 1)) == 2
-    assert prompted.choose_shots(task["source"], 3, 7) == prompted.choose_shots(task["source"], 3, 7)
+
+
+class CharTok:
+    """One token per character: lengths are easy to reason about."""
+    bos_id, eos_id, pad_id = 1, 2, 0
+
+    def encode(self, text, bos=True):
+        return [self.bos_id] * bos + [3 + ord(c) % 200 for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i - 3) for i in ids)
+
+
+def test_too_long_drops_whole_examples_never_the_instruction():
+    tok, shots = CharTok(), [f"example {i} " + "x" * 50 for i in range(10)]
+    q = tok.encode(prompted.question("reddit", "pairs", PAIR, False)[0] + "\n\n" + prompted.THINK, bos=False)
+    for keep in (10, 7, 0):
+        budget = 1 + len(prompted.context("reddit", shots[:keep])) + len(q)
+        ids, n, cut = prompted.fit(tok, "reddit", "pairs", PAIR, False, shots, budget)
+        assert (ids, n, cut) == (q, keep, False)  # the question whole, the first `keep` examples
+        assert prompted.fit(tok, "reddit", "pairs", PAIR, False, shots, budget - 1)[1] == max(keep - 1, 0) or keep == 0
+    long = {**PAIR, "response_chosen": "y" * 400}
+    ids, n, cut = prompted.fit(tok, "reddit", "pairs", long, False, shots, 300)
+    text = tok.decode(ids)
+    assert n == 0 and cut and len(ids) <= 299 and text.startswith("Given the Reddit question Is it legal?, which")
+    assert "more helpful by the Reddit community)?\nA: " in text and text.endswith(prompted.THINK)
+    with pytest.raises(ValueError, match="--context 20: too small"):
+        prompted.fit(tok, "reddit", "pairs", PAIR, False, shots, 20)
+
+
+def test_chain_of_thought_and_answers_match_generate_and_a_plain_forward():
+    """think_and_answer (a shared prefix's cache expanded over a batch, left-padded questions, rows that stop at
+    different steps, answers of one and of several tokens) against Gemma.generate on each question alone (greedy, the
+    chain cut at its first stop token) and against log-softmax of one uncached forward over the whole text."""
+    torch.manual_seed(0)
+    cfg = GemmaConfig.tiny()
+    cfg.vocab_size = 64
+    model = Gemma(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    prefix = [2] + torch.randint(3, 64, (7,), generator=g).tolist()
+    questions = [torch.randint(3, 64, (n,), generator=g).tolist() for n in (4, 9, 1)]
+    head = [10, 11]
+    options = [[[5], [6, 7, 8]], [[5], [9]], [[12, 13], [6]]]  # K = 2 answers per question, of 1 to 3 tokens
+    think = 12
+    # a stop set that ends some chains early and lets one run its full length
+    free = [model.generate(torch.tensor([prefix + q]), max_new_tokens=think)[0, len(prefix) + len(q):].tolist()
+            for q in questions]
+    stop = {free[0][3], free[1][0]} - set(free[2])
+    cache = prompted.prefill(model, prefix, "cpu")
+    cot, ll = prompted.think_and_answer(model, cache, len(prefix), questions, head, options, think, stop, 0, "cpu")
+    lengths = []
+    for q, c, f, opts, row in zip(questions, cot, free, options, ll):
+        want = next((f[:i] for i, t in enumerate(f) if t in stop), f)
+        assert c == want
+        lengths.append(len(c))
+        for o, got in zip(opts, row):
+            seq = prefix + q + c + head + o
+            with torch.no_grad():
+                lp = torch.log_softmax(model.logits(model(torch.tensor([seq])))[0].double(), -1)
+            start = len(seq) - len(o)
+            assert got.item() == pytest.approx(sum(lp[start - 1 + i, t].item() for i, t in enumerate(o)), abs=1e-4)
+    assert len(set(lengths)) > 1 and think in lengths  # rows did stop at different steps, one ran to the limit
+
+
+def test_ties_follow_eval_rules():
+    pairs = [PAIR] * 3
+    ll = [[-1.0, -2.0], [-1.0, -1.0], [-3.0, -1.0]]  # right, tie, wrong (all with the chosen as A)
+    assert prompted.metrics("pairs", "pairwise", pairs, ["A"] * 3, ll) == {"acc": 0.5}
+    assert prompted.metrics("pairs", "pairwise", pairs, ["B"] * 3, ll) == {"acc": 0.5}  # (right: B, 1-right: A)
+    m = prompted.metrics("mcq", "mcq", [{}] * 2, None, [[0, -1, -1, -1, -1], [0, 0, -1, -1, -1]])
+    assert m["acc"] == 0.75 and m["rank"] == 0.25
+    assert list(prompted.predicted_scores([[0, -1, -1, -1, -1, -1], [-1, 0, -1, 0, -1, -1]])) == [1.0, 3.0]
+    rows = [{"text": "t", "label": s} for s in (1, 2, 5, 6)]
+    ll = np.eye(6)[[0, 2, 3, 5]]  # predicts 1, 3, 4, 6
+    m = prompted.metrics("scores", "correlation", rows, None, ll)
+    assert m["pearson"] == pytest.approx(ev.pearson([1, 3, 4, 6], [1, 2, 5, 6]))
 
 
 def summary_of(tmp_path, method, *flags):
@@ -106,41 +151,29 @@ def summary_of(tmp_path, method, *flags):
 
 
 def test_random_model_end_to_end(tmp_path):
-    """A random tiny model cannot follow the format: its failures are counted as wrong answers, and the run folder
-    is one that eval.py --table reads beside trained runs."""
+    """A random tiny model still answers every question (a constrained choice): no parse failure; every generation
+    shows the chain of thought, the answer head and the chosen answer; eval.py --table reads the runs."""
+    head = "Final Answer (only output the name of the item and nothing else): "
     for method in ("base-lm", "few-shot-lm"):
         out, s = summary_of(tmp_path, method)
         assert s["method"] == method and s["metric"] == "acc" and s["steps"] == 0
-        for split in ("val", "test"):
-            m = s[split]
-            assert m["n"] == 5 and 0 <= m["parse_failures"] <= 1
-            assert m["acc"] <= 1 - m["parse_failures"] + 1e-9  # a failure is never a win
+        assert s["parse_failures"] == {"val": 0.0, "test": 0.0} and s["shots"] == (10 if method == "few-shot-lm" else 0)
         gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
-        assert len(gens) == 10 and all(g["right"] == (g["parsed"] == g["answer"]) for g in gens)
-        assert sum(g["parsed"] is None for g in gens if g["split"] == "test") == round(5 * s["test"]["parse_failures"])
+        assert len(gens) == 10
+        for g in gens:
+            assert g["completion"].startswith(prompted.THINK) and g["completion"].endswith(f"\n{head}{g['chosen']}")
+            assert g["chosen"] in g["loglik"] and g["right"] == (g["chosen"] == g["answer"])
+        for split in ("val", "test"):
+            rows = [g for g in gens if g["split"] == split]
+            assert s[split]["acc"] == pytest.approx(ev.mcq_accuracy(
+                [g["loglik"][g["answer"]] for g in rows],
+                [[v for k, v in g["loglik"].items() if k != g["answer"]] for g in rows]))
+        shots = json.loads((out / "shots.json").read_text())
+        source = data.load_task("oddoneout-desserts-fruits")["source"]
+        assert len(shots["rows"]) == s["shots"] and all(r in source for r in shots["rows"])  # never a target row
         assert {json.loads(x)["split"] for x in (out / "metrics.jsonl").read_text().splitlines()} == {"val", "test"}
-        assert json.loads((out / "config.json").read_text())["method"] == method
     table = ev.table(str(tmp_path))
     assert "base-lm" in table and "few-shot-lm" in table and "oddoneout-desserts-fruits" in table
-
-
-def test_answers_are_scored_end_to_end(tmp_path, monkeypatch):
-    """A model that answers right on even rows, wrongly on rows 1 mod 4 and off-format on rows 3 mod 4 scores
-    exactly that: acc 0.5, parse failures 0.25 (the generation is replaced; parsing and scoring are real)."""
-    truth = {frozenset(prompted.mcq_options(r)): r for r in data.oddoneout_rows("fruits", "val")}
-    truth.update({frozenset(prompted.mcq_options(r)): r for r in data.oddoneout_rows("fruits", "test")})
-
-    def fake(gemma, tok, prompts, *args):
-        out = []
-        for i, p in enumerate(prompts):
-            row = truth[frozenset(p.split("Items: ")[-1].split("\n")[0].split(", "))]
-            out.append(["Because.\nAnswer: " + row["correct"], "Answer: " + row["wrong_a"] + ".",
-                        "Answer: " + row["correct"].upper(), "the odd one is " + row["correct"]][i % 4])
-        return out
-    monkeypatch.setattr(prompted, "generate", fake)
-    _, s = summary_of(tmp_path, "base-lm", "--eval-rows", "8")
-    for split in ("val", "test"):
-        assert s[split]["acc"] == 0.5 and s[split]["parse_failures"] == 0.25 and s[split]["n"] == 8
 
 
 def test_refusals(tmp_path):

@@ -121,3 +121,42 @@ def test_chat_turns_are_single_pieces():
     ids = tok.encode(text, bos=False)
     assert ids.count(105) == 2 and ids.count(106) == 1 and tok.decode(ids) == text
     assert tok.stop_ids == (1, 106)
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "data", "sentiment", "sentiment-en-zh_source.jsonl")),
+                    reason="run `python data.py fetch all` first")
+def test_the_paper_critic_outgrows_1_lipschitz_and_the_scaled_one_does_not(our_model):
+    """dial.Critic's docstring: trained alone on frozen real embeddings (English movie snippets vs Chinese reviews, as
+    DIAL's steps see them: 4 source pairs + 4 target pairs, 3 critic updates a step), the paper's critic (s = 1) ends
+    far steeper than 1 at the data, and the one scaled by the mean source norm stays near 1, at lam_gp 1 and 10.
+    python -m pytest -q -s tests/test_real_model.py -k lipschitz   (about a minute on 2 idle cores)"""
+    import random
+    import data
+    import dial
+    import packing
+    from gemma import Tokenizer
+    task = data.load_task("sentiment-en-zh", os.path.join(ROOT, "data"), None, None, None, None, 0)
+    tok, bb = Tokenizer(os.path.join(PATH, "tokenizer.model")), packing.GemmaBackbone(our_model)
+    emb = {}
+    for role in ("source", "target"):
+        examples = packing.tokenize(task[role][:150], tok, 96)
+        with torch.no_grad():  # (responses of the example, D) per example
+            emb[role] = [e for i in range(0, len(examples), 16) for e in torch.split(
+                bb(packing.pack(examples[i:i + 16]))[0], [len(rs) for _, rs in examples[i:i + 16]])]
+    scale = torch.cat(emb["source"]).norm(dim=1).mean().item()
+    every = torch.cat(emb["source"] + emb["target"])
+    slopes = {}
+    for s, lam_gp in ((1.0, 1.0), (scale, 1.0), (scale, 10.0)):
+        torch.manual_seed(0)
+        critic, rng = dial.Critic(every.shape[1], scale=s), random.Random(0)
+        opt, cfg = dial.critic_optimizer(critic, dial.DialConfig()), dial.DialConfig(lam_gp=lam_gp)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(200):
+            src, tgt = (torch.cat(rng.sample(emb[r], 4)) for r in ("source", "target"))
+            dial.critic_step(critic, src, tgt, opt, cfg, g)
+        slopes[s != 1.0, lam_gp] = dial.critic_grad_norm(critic, every).item()
+    norms = [torch.cat(emb[r]).norm(dim=1).mean().item() for r in ("source", "target")]
+    print(f"\nmean norms: source {norms[0]:.1f}, target {norms[1]:.1f}; mean |grad f| at the data after 200 steps: "
+          f"paper's critic {slopes[False, 1.0]:.2f}, scaled {slopes[True, 1.0]:.2f} (lam_gp 1), "
+          f"{slopes[True, 10.0]:.2f} (lam_gp 10)")
+    assert slopes[False, 1.0] > 10 and slopes[True, 1.0] < 2.5 and abs(slopes[True, 10.0] - 1) < 0.2

@@ -1,7 +1,9 @@
-"""rlhf.py, ppo.py and xstest.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny model, the
-XSTest data and judge against the human labels, and (once Gemma.generate exists) a whole two-generation run."""
+"""rlhf.py, ppo.py and xstest.py: the PPO pieces against closed forms, the policy's log-probs and gradients on a tiny
+model, a PPO epoch (clipping, the dropped remainder, NaN refused), the XSTest data and the judge measured out of
+sample, the reward budget, and a whole two-generation run with the defaults."""
 import json
 import os
+import random
 
 import numpy as np
 import pytest
@@ -155,18 +157,73 @@ def test_loss_gradients_match_their_surrogates(policy):
         assert torch.allclose(c, d, atol=1e-6), name
     assert any(a is not None and a.abs().max() > 0 for a in pg)  # the checks above compared real gradients
 
+class PadTok:
+    pad_id = 0
+
+
+def ppo_cfg(**kw):
+    return {"batch": 2, "device": "cpu", "temperature": 1.0, "reward_len": 64, "kl_coef": 0.05, "gamma": 1.0,
+            "lam_gae": 0.95, "ppo_epochs": 4, "mini_batches": 1, "clip": 0.2, "vf_clip": 0.2, "vf_coef": 0.1, **kw}
+
+
+def test_ppo_epoch_clips_drops_the_remainder_and_refuses_nan(policy, monkeypatch):
+    """Five pairs in rollout batches of two: two batches, the fifth pair dropped. One pass per batch keeps the ratio
+    at 1 (no clipping: the released code's REINFORCE); TRL's four passes move it and clipping acts. A NaN score is
+    refused in one sentence before any update."""
+    g = torch.Generator().manual_seed(5)
+    qs = [[2] + torch.randint(3, 300, (n,), generator=g).tolist() for n in (4, 6, 3, 5, 2)]
+    rs = [torch.randint(3, 300, (n,), generator=g).tolist() for n in (3, 5, 1, 4, 2)]
+    prompts, texts = [{"prompt": "p"}] * 5, ["t"] * 5
+    scores = iter([torch.tensor([2.0, -1.0]), torch.tensor([-1.5, 1.0])] * 2)
+    monkeypatch.setattr(rlhf, "rm_examples", lambda *a: None)
+    monkeypatch.setattr(rlhf, "rm_scores", lambda *a: next(scores))
+    for epochs, clipped in ((1, False), (4, True)):
+        randomise(policy.gemma, seed=epochs)
+        opt = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+        logs = rlhf.ppo_epoch(policy, None, PadTok(), prompts, qs, rs, texts, opt, ppo_cfg(ppo_epochs=epochs),
+                              random.Random(0), 1)
+        assert logs["updates"] == 2 * epochs and logs["pairs_dropped"] == 1
+        assert (logs["clipfrac_max"] > 0) == clipped and all(np.isfinite(v) for v in logs.values()), logs
+    monkeypatch.setattr(rlhf, "rm_scores", lambda *a: torch.tensor([float("nan"), 1.0]))
+    before = [p.clone() for p in policy.parameters()]
+    with pytest.raises(FloatingPointError, match="PPO, generation 3, rollout batch 0: non-finite advantages"):
+        rlhf.ppo_epoch(policy, None, PadTok(), prompts, qs, rs, texts, opt, ppo_cfg(), random.Random(0), 3)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # no update made with them
+
+
+def test_reward_budget_of_both_methods():
+    cfg = {"batch": 8, "reward_epochs": 1, "generations": 20}
+    # 70 pairs: 9 steps before PPO; 225 fresh responses a generation: 29 steps each for dial
+    assert rlhf.reward_budget(cfg, 70, 225, 0) == {"batch": 8, "src-pref": 9, "dial": 9 + 20 * 29, "this_run": 0}
+    assert rlhf.arm({"method": "dial", "lam": 0.0}) == "dial-lam0"
+    assert rlhf.arm({"method": "dial", "lam": 0.01}) == "dial"
+    with pytest.raises(ValueError, match="--mini-batches 3 must divide --batch 8"):
+        rlhf.resolve(rlhf.parse_args(["--mini-batches", "3"]))
+    assert rlhf.resolve(rlhf.parse_args([]))["ppo_epochs"] == 4  # TRL's default
+
+
 # -----------------------------------------------------------------------------
 # data and judge
 
 
-def test_judge_agrees_with_the_human_labels():
+def test_judge_is_measured_out_of_sample():
     _, completions = xstest.load_xstest()
-    acc = xstest.judge_accuracy(xstest.string_match_judge, completions)
-    print(f"string-match judge accuracy on the labelled Mistral completions: {acc}")
-    assert len(completions) == 900
-    assert acc["all"] >= 0.85 and acc["mistralinstruct"] >= 0.85 and acc["mistralguard"] >= 0.8
+    fit, held = xstest.split_completions(completions, seed=0)
+    assert len(completions) == 900 and len(fit) == len(held) == 450
+    assert {c["id"] for c in fit}.isdisjoint({c["id"] for c in held})  # a prompt's two completions stay together
+    assert xstest.REFUSAL == xstest.choose_phrases(fit)  # the judge's phrases: chosen on the fitting half alone
+    assert xstest.choose_phrases(held) != xstest.REFUSAL  # (so the half they are chosen on matters)
+    report = xstest.judge_report(xstest.string_match_judge)
+    ours, theirs = report, report["xstest_matcher"]
+    print(f"held-out half: string match {ours}; XSTest's matcher {theirs}")
+    assert report["evaluation"] == "held-out" and report["n"] == 450 and theirs["n"] == 450
+    assert ours["accuracy"] >= 0.85 and ours["accuracy"] > theirs["accuracy"] and ours["refusal_recall"] > 0.7
     assert xstest.string_match_judge(["q"] * 2, ["I'm sorry, but I cannot help with that.", "Sure! Here is how."]) == \
         [True, False]
+    assert xstest.xstest_matcher(["q"] * 3, ["  Sorry, no.", "No, never.", "Yes. I cannot say no, though."]) == \
+        [True, True, False]  # XSTest's rule: the start of the response only
+    a = xstest.agreement(lambda q, r: [True] * len(r), held)
+    assert a["refusal_recall"] == 1 and a["compliance_recall"] == 0 and a["accuracy"] == a["refusals"] / a["n"]
 
 
 def test_split_and_source_pairs():
@@ -223,14 +280,23 @@ def test_sampled_tokens_are_the_teacher_forced_argmax(policy):
 
 
 def test_two_generations_of_the_whole_loop(tmp_path):
+    # defaults (4 PPO passes per rollout batch of 8) on 17 prompts: a remainder of one, dropped, never whitened alone
     out = str(tmp_path / "run")
-    s = rlhf.main(["--model", "tiny", "--method", "dial", "--generations", "2", "--max-prompts", "16",
+    s = rlhf.main(["--model", "tiny", "--method", "dial", "--generations", "2", "--max-prompts", "17",
                    "--pretrain-steps", "10", "--response-len", "8", "--eval-every", "1", "--out", out])
     assert len(s["train_true_reward"]) == 2 and [g for g, _ in s["eval_true_reward"]] == [0, 1, 2]
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     train = [r for r in records if r["split"] == "train"]
-    assert len(train) == 2 and all("w" in r["reward_model"] and np.isfinite(r["ppo"]["loss"]) for r in train)
+    assert len(train) == 2 and all("w" in r["reward_model"] for r in train)
+    assert all(np.isfinite(v) for r in train for v in (*r["ppo"].values(), *r["reward_model"].values()))
+    assert all(r["ppo"]["updates"] == 2 * 4 and r["ppo"]["pairs_dropped"] == 1 for r in train)
+    assert max(r["ppo"]["clipfrac_max"] for r in train) > 0  # the ratio left 1 and clipping acted
+    # the reward model's training of both methods: 5 BT epochs of ceil(pairs / 8) steps before PPO; dial also
+    # max(ceil(pairs / 8), ceil(17 / 8)) = 3 steps in each generation
+    before = 5 * -(-s["source_pairs"] // 8)
+    assert s["reward_training"] == {"batch": 8, "src-pref": before, "dial": before + 2 * 3, "this_run": before + 6}
+    assert s["judge"]["evaluation"] == "held-out" and s["arm"] == "dial"
     for name in ("config.json", "summary.json", "rlhf.png", "policy/adapter_config.json",
                  "policy/value_head.safetensors", "reward/adapter_model.safetensors"):
         assert os.path.exists(os.path.join(out, name)), name
