@@ -37,7 +37,6 @@ of the sampled responses, reward-model and PPO logs; held-out greedy evaluations
 value head in value_head.safetensors), reward/ (PEFT adapter with the score head), summary.json, rlhf.png.
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -51,6 +50,7 @@ from tqdm import tqdm
 
 import cli
 import dial
+import figures
 import packing
 import ppo
 import xstest
@@ -332,58 +332,11 @@ def run(cfg):
                                                                                              step),
                "judge": xstest.judge_report(judge, cfg["judge"], cfg["data"]), "wall_s": round(time.time() - t0, 1)}
     write_json(os.path.join(out, "summary.json"), summary)
-    plot([out], os.path.join(out, "rlhf.png"))
+    figures.rlhf([out], os.path.join(out, "rlhf.png"))
     print(f"rlhf {method} seed {cfg['seed']}: true reward, training {train_curve[0] if train_curve else float('nan'):.3f}"
           f" -> {train_curve[-1] if train_curve else float('nan'):.3f}; held-out greedy {base_eval:.3f} -> "
           f"{eval_curve[-1][1]:.3f} ({summary['wall_s']:.0f} s)")
     return summary
-
-# -----------------------------------------------------------------------------
-# Fig. 6: true reward per generation, Src-Pref vs DIAL, mean +- s.e. over seeds
-
-
-def plot(folders, path):
-    """Reads summary.json from every run folder given or found below the given folders; writes a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    files = sorted({f for d in folders for f in ([os.path.join(d, "summary.json")] if os.path.isfile(
-        os.path.join(d, "summary.json")) else glob.glob(os.path.join(d, "**", "summary.json"), recursive=True))})
-    if not files:
-        raise FileNotFoundError(f"no summary.json in or below {', '.join(folders)}: run rlhf.py first")
-    runs = {}
-    for f in files:
-        with open(f) as fh:
-            s = json.load(fh)
-        runs.setdefault(s.get("arm", s["method"]), []).append(s)
-
-    def band(ax, x, ys, label):
-        ys = np.array(ys)
-        m = ys.mean(0)
-        se = ys.std(0, ddof=1) / np.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(m)
-        ax.plot(x, m, marker="o", label=f"{label} ({len(ys)} seed{'s' * (len(ys) > 1)})")
-        ax.fill_between(x, m - se, m + se, alpha=0.25)
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for method, ss in sorted(runs.items(), key=lambda kv: ["src-pref", "dial-lam0", "dial"].index(kv[0])
-                             if kv[0] in ("src-pref", "dial-lam0", "dial") else 3):
-        name = {"src-pref": "PPO, Src-Pref reward", "dial": "PPO, DIAL reward",
-                "dial-lam0": "PPO, DIAL's reward training, lam 0"}.get(method, method)
-        n = min(len(s["train_true_reward"]) for s in ss)
-        if n:  # (a run of --generations 0 has only its evaluation)
-            band(a, np.arange(1, n + 1), [s["train_true_reward"][:n] for s in ss], name)
-        common = sorted(set.intersection(*[{g for g, _ in s["eval_true_reward"]} for s in ss]))
-        band(b, common, [[dict(map(tuple, s["eval_true_reward"]))[g] for g in common] for s in ss], name)
-    a.set(title="(a) training: sampled responses", xlabel="generation (PPO epoch)", ylabel="true reward")
-    b.set(title="(b) held-out prompts, greedy", xlabel="generation (PPO epoch)", ylabel="true reward")
-    for ax in (a, b):
-        ax.grid(alpha=0.3), ax.legend(), ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 # -----------------------------------------------------------------------------
 # the command line
@@ -469,7 +422,7 @@ def main(argv=None):
     cli.RUN = None  # until the run folder is known
     with command(args.device, "rlhf") as args.device:
         if args.plot:
-            print(f"wrote {plot(args.plot, args.plot_out)}")
+            print(f"wrote {figures.rlhf(args.plot, args.plot_out)}")
             return None
         cfg = resolve(args)
         check_sizes(cfg)

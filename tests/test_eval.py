@@ -8,6 +8,7 @@ import pytest
 import scipy.stats
 
 import eval as evaluation
+import figures
 from eval import mcq_accuracy, mcq_rank, pairwise_accuracy, pearson, ranks, spearman
 
 
@@ -80,7 +81,7 @@ def test_sweep_plots_the_mix_and_the_amount_of_target_data(tmp_path):
         for seed, acc in enumerate(accs):
             write_summary(tmp_path / f"{m}-{n_s}-{n_t}" / f"seed{seed}", "t", m, seed, "acc", {"acc": acc},
                           {"source": n_s, "target": n_t})
-    points = evaluation.sweep(str(tmp_path), str(tmp_path / "fig4.png"))
+    points = figures.sweep(str(tmp_path), str(tmp_path / "fig4.png"))
     assert (tmp_path / "fig4.png").stat().st_size > 1000
     mix = {round(f, 3): (m, n) for f, m, _, n in points["mix"][100]}
     assert mix == {0.0: (pytest.approx(0.55), 2), 0.4: (pytest.approx(0.75), 2), 0.8: (pytest.approx(0.55), 1)}
@@ -89,7 +90,7 @@ def test_sweep_plots_the_mix_and_the_amount_of_target_data(tmp_path):
     assert ("src-pref", 60) not in points["scale"]
     write_summary(tmp_path / "old", "t", "dial", 0, "acc", {"acc": 0.5})
     with pytest.raises(ValueError, match="does not say how many source and target rows the run used"):
-        evaluation.sweep(str(tmp_path), str(tmp_path / "x.png"))
+        figures.sweep(str(tmp_path), str(tmp_path / "x.png"))
 
 
 def test_table_puts_the_papers_table8_beside_odd_one_out(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import figures
 import ppo
 import rlhf
 import xstest
@@ -256,10 +257,10 @@ def test_plot_reads_run_folders(tmp_path):
         d.mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps({"method": method, "seed": seed, "train_true_reward": curve,
                                                     "eval_true_reward": [[0, 0.5], [2, curve[-1]]]}))
-    out = rlhf.plot([str(tmp_path)], str(tmp_path / "fig.png"))
+    out = figures.rlhf([str(tmp_path)], str(tmp_path / "fig.png"))
     assert os.path.getsize(out) > 10000
     with pytest.raises(FileNotFoundError, match="no summary.json"):
-        rlhf.plot([str(tmp_path / "empty")], str(tmp_path / "x.png"))
+        figures.rlhf([str(tmp_path / "empty")], str(tmp_path / "x.png"))
 
 # -----------------------------------------------------------------------------
 # with generation
