@@ -101,6 +101,7 @@ CURVES = (("val", "validation main metric"), ("bt", "Bradley-Terry loss (source)
           ("emb", "mean embedding norm (solid source, dashed target)"),
           ("share", "lam * W share of the gradient at the embeddings"), ("acc", "training accuracy (source)"))
 LABEL_KEYS = ("method", "lam", "lam_gp", "critic_scale", "critic_lr", "lr", "batch_src", "seed")
+CRITIC_KEYS = ("lam", "lam_gp", "critic_scale", "critic_lr")
 
 
 def curves(run_dirs, png):
@@ -130,7 +131,9 @@ def curves(run_dirs, png):
     labels, drawn = {}, {key: {} for key, _ in CURVES}
     for i, (run, cfg, logs) in enumerate(runs):
         per_step = cfg["batch_src"] * cfg.get("processes", 1)
-        label = labels[run] = ", ".join(f"{k} {cfg.get(k)}" if k != "method" else str(cfg[k]) for k in differ)
+        # the critic's settings say nothing of a method without a critic
+        keys = [k for k in differ if cfg.get("method") == "dial" or k not in CRITIC_KEYS]
+        label = labels[run] = ", ".join(f"{k} {cfg.get(k)}" if k != "method" else str(cfg[k]) for k in keys)
         color = f"C{i % 10}"
         train = [r for r in logs if r.get("split") == "train"]
         val = [r for r in logs if r.get("split") == "val"]
