@@ -132,7 +132,11 @@ def plot(run_dirs, out=None, seed=0):
         name = d
         if os.path.isfile(os.path.join(d, "config.json")):
             cfg = runfolder.read_json(os.path.join(d, "config.json"))
-            name = f"{cfg.get('method')} ({cfg.get('task')})"
+            name = str(cfg.get("method"))
+            if name == "dial":  # two DIAL rows must say how they differ
+                name += f" lam {cfg.get('lam')}" + ("" if str(cfg.get("critic_scale", "1")) == "1" else
+                                                    f", critic scale {cfg.get('critic_scale')}")
+            name += f"\n({cfg.get('task')})"
         for c in range(cols):
             ax = axes[r, c]
             ax.set_xticks([]), ax.set_yticks([])
