@@ -78,7 +78,7 @@ def test_task_file_settings_and_refusals(tmp_path, sentiment_dir):
     mine = task_file(tmp_path, sentiment_dir, defaults={"lr": 3e-4, "max_length": 64})
     rows = settings.chosen(settings.parse_args(["--task", mine, "--lr", "1e-3"]), data.task_spec(mine))
     assert rows["lr"] == (1e-3, "flag") and rows["max_len"] == (64, "the task file my_sentiment.json")
-    assert rows["epochs"][0] == 1 and "sentiment" in rows["epochs"][1]
+    assert rows["epochs"][0] == 3 and "paper" in rows["epochs"][1]
     for extra, says in (({"family": "sports"}, "'family' should be one of"), ({"metric": "f1"}, "'metric' should be"),
                         ({"defaults": {"lr": "high"}}, "'defaults' should be an object of numbers"),
                         ({"name": "sentiment-movies-tweets"}, "not a registered task's"),
@@ -120,7 +120,7 @@ def test_show_config_and_the_start_of_a_run(tmp_path, sentiment_dir, capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     for key, value, where in (("lr", "0.0003", "flag"), ("max_len", "96", "the sentiment tasks' settings"),
                               ("batch_src", "8", "the paper's settings for Gemma-2b, appendix A, for src-pref"),
-                              ("epochs", "1", "the sentiment tasks' settings"), ("lam", "0.01", "paper A.1"),
+                              ("epochs", "3", "the paper's settings"), ("lam", "0.01", "paper A.1"),
                               ("metric", "rated", "the task's own"), ("model", "tiny", "flag"),
                               ("out", "runs/sentiment-movies-tweets/src-pref/seed0", "runs/TASK/METHOD/seedS")):
         assert lines[key].split()[1] == value and where in lines[key], lines[key]
@@ -129,8 +129,8 @@ def test_show_config_and_the_start_of_a_run(tmp_path, sentiment_dir, capsys):
     assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
     train.main([*argv, *TINY, "--out", str(tmp_path / "run")])
     start = capsys.readouterr().out.splitlines()[0]
-    for part in ("sentiment-movies-tweets src-pref: epochs 1 (the sentiment tasks' settings, this project's, for "
-                 "Gemma 3 270M on a CPU, for src-pref); lr 0.0003, batch_src 2, batch_tgt 2 (flags); ",
+    for part in ("sentiment-movies-tweets src-pref: epochs 3, weight_decay 0.0 (the paper's settings for Gemma-2b, "
+                 "appendix A, for src-pref); lr 0.0003, batch_src 2, batch_tgt 2 (flags); ",
                  "max_len 96, eval_every 50 (the sentiment tasks' settings", "metric rated (the task's metric)"):
         assert part in start, start
     train.main(["--out", str(tmp_path / "run"), "--resume", "--show-config"])
