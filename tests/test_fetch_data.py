@@ -228,7 +228,7 @@ def test_registered_tasks_load_from_the_written_files(tmp_path, archives):
         assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
         assert formats.row_sequences(task["target"][0])[0][0] == PROMPT
         assert all(p["prompt"] == PROMPT for p in data.labelled_target(task))  # the oracles' pairs
-        assert task["epochs"] == 1 and task["max_length"] == 96
+        assert task["epochs"] == 3 and task["lr"] == 3e-4 and task["max_length"] == 96
     task = data.load_task("sentiment-en-zh", out)
     assert (task["kind"], task["target_kind"], task["eval_kind"], task["metric"]) == ("pairs",) * 3 + ("pairwise",)
     assert all(p["response_chosen"][0] in ZH + "正" for p in task["test"])
