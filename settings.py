@@ -150,20 +150,6 @@ def check(cfg):
     runfolder.check_device(cfg["device"])
 
 
-def check_sizes(cfg, task):
-    """The batch sizes against the data, before anything is allocated: a step holds no row twice (a batch of a
-    million on 40 rows would pack a million sequences at every step)."""
-    n, method = world()[1], cfg["method"]
-    tgt = len(data.labelled_target(task, cfg["data_seed"])) if method in dial.ORACLES else len(task["target"])
-    uses_src = method in dial.METHODS and method != "tgt-pref"  # (the prompted baselines have no batches)
-    for key, role, rows, used in (("batch_src", "source", len(task["source"]), uses_src),
-                                  ("batch_tgt", "target", tgt, method in dial.TARGET_METHODS)):
-        if used and cfg[key] * n > rows:
-            each = f" x {n} processes" if n > 1 else ""
-            raise ValueError(f"--{key.replace('_', '-')} {cfg[key]}{each} is more than the task's {rows} {role} rows, "
-                             "so a step would hold a row twice; lower it")
-
-
 def _positive(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and FINITE(v) and v > 0
 
