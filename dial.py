@@ -79,9 +79,9 @@ class Critic(nn.Module):
     In the live game (3-epoch runs, English -> Chinese, docs/real_model.md) the backbone pulls the domains together
     (mean norms 93 / 116 in the first quarter, 69 / 68 in the last), so the paper's critic does not run away as it
     does on frozen embeddings: its slope settles at 1.5 to 2.5 over three seeds (GP 0.8 to 2.3); the scaled critic's
-    stays at 1.02 to 1.05 (GP 0.001). The scaled critic must keep up with the backbone: at the paper's critic lr 1e-4 against a model
-    lr of 3e-4 it lagged (slope 0.8, W below zero, embedding norms blown up to 200-450, validation at chance); at the
-    paper's critic:model lr ratio of 2 (critic lr 6e-4) it tracks."""
+    stays at 1.02 to 1.05 (GP 0.001). The scaled critic must keep up with the backbone: at the paper's critic lr 1e-4
+    against a model lr of 3e-4 it lagged (slope 0.8, W below zero, embedding norms blown up to 200-450, validation at
+    chance); at the paper's critic:model lr ratio of 2 (critic lr 6e-4) it tracks."""
 
     def __init__(self, dim, activation="gelu", scale=1.0):
         super().__init__()
